@@ -1,0 +1,106 @@
+"""The ``hqq2gguf`` command: a thin layer over the library that turns its errors into one-line messages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from hqq2gguf import __version__
+from hqq2gguf.errors import Hqq2GgufError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # Third-party chatter (transformers, gguf) only when asked for.
+    for name in ("gguf", "transformers", "urllib3"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Library errors -> 'error: <file>: <reason>' and exit 1; Ctrl-C -> exit 130. --debug shows tracebacks."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except Hqq2GgufError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e.message}", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("interrupted: no output was written", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except MemoryError:
+            if debug:
+                raise
+            click.echo("error: out of memory", err=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hqq2gguf")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: per-tensor lines and library logs).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def main(verbose: int, quiet: bool, debug: bool) -> None:
+    """Convert Hugging Face models and GGUF files into standard GGUF files."""
+    _setup_logging(verbose, quiet)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output .gguf file, or an existing directory (file named by the GGUF naming convention). "
+                   "Default: the current directory.")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0", "auto"]), default="f16",
+              show_default=True, help="Type of the weight matrices; 1-D tensors and norms stay F32. "
+                                      "auto: the checkpoint's own precision (lossless).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized GGUF (dequantized first).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Load .bin/.pt pickle checkpoints with torch.load(weights_only=True). Refused by default: "
+                   "pickle files can run code.")
+@click.option("--model-name", default=None, help="Override general.name (and so the output file name).")
+@click.option("--no-check-finite", is_flag=True, help="Do not refuse weights holding NaN/Inf.")
+@_clean_errors
+def convert(model: Path, output: Path | None, outtype: str, force: bool, allow_requantize: bool,
+            allow_pickle: bool, model_name: str | None, no_check_finite: bool) -> None:
+    """Convert MODEL (a Hugging Face directory or an F32/F16/BF16 GGUF) into one GGUF file."""
+    from hqq2gguf.convert import convert as run_convert
+    from hqq2gguf.options import ConvertOptions, OutType
+
+    options = ConvertOptions(outtype=OutType(outtype), output=output, force=force,
+                             allow_requantize=allow_requantize, allow_pickle=allow_pickle,
+                             model_name=model_name, check_finite=not no_check_finite)
+    result = run_convert(model, options)
+    click.echo(f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB, {result.n_tensors} tensors, "
+               f"{result.seconds:.1f} s)")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--tensors/--no-tensors", default=True, show_default=True, help="List every tensor.")
+@_clean_errors
+def inspect(path: Path, tensors: bool) -> None:
+    """Describe a GGUF file or a Hugging Face model directory."""
+    from hqq2gguf.inspect import describe
+
+    for line in describe(path, tensors=tensors):
+        click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The pipeline: read -> plan -> write, one tensor in memory at a time.
+
+    source = open_source(input)                  # read/: validated, lazy
+    writer.add_tensor_info(...) for the plan     # plan: names, shapes, types known up front
+    source.write_metadata(writer)                # models/ + vocab/: KV pairs
+    header, KV, tensor infos, then each tensor: load -> transform -> encode -> write -> free
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+from hqq2gguf import __version__
+from hqq2gguf.errors import InputError, OutputError
+from hqq2gguf.options import ConvertOptions
+from hqq2gguf.plan import PlannedTensor, check_finite, encode
+from hqq2gguf.progress import Progress
+from hqq2gguf.sources import NameParts, Source, open_source
+from hqq2gguf.write.atomic import atomic_output, check_output_path
+
+logger = logging.getLogger(__name__)
+
+PROVENANCE_PREFIX = "hqq2gguf."
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    path: Path
+    n_tensors: int
+    nbytes: int
+    seconds: float
+
+
+def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
+    """Convert an HF directory or a GGUF file into one GGUF file; return where it was written."""
+    start = time.perf_counter()
+    source = open_source(Path(input_path), options)
+    planned = [out for step in source.steps for out in step.outputs]
+    _check_unique(source, planned)
+
+    writer = gguf.GGUFWriter(path=None, arch=source.arch)
+    for out in planned:
+        writer.add_tensor_info(out.name, out.shape, np.dtype(np.float32), out.nbytes, raw_dtype=out.out_type)
+    names = source.write_metadata(writer, options)
+    _write_provenance(writer, source, options, planned)
+
+    path = output_path(Path(input_path), options, names)
+    check_output_path(path, force=options.force)
+    total = sum(out.nbytes for out in planned)
+    logger.info("writing %s: %d tensors, %.1f MiB", path, len(planned), total / 2**20)
+    with atomic_output(path, force=options.force) as tmp:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        _write_tensors(writer, source, options, total)
+        writer.close()
+    seconds = time.perf_counter() - start
+    logger.info("wrote %s in %.1f s", path, seconds)
+    return ConvertResult(path, len(planned), path.stat().st_size, seconds)
+
+
+def _check_unique(source: Source, planned: list[PlannedTensor]) -> None:
+    seen: set[str] = set()
+    for out in planned:
+        if out.name in seen:
+            raise InputError(f"two input tensors map to the same GGUF tensor {out.name!r}", file=source.path)
+        seen.add(out.name)
+
+
+def _write_tensors(writer: gguf.GGUFWriter, source: Source, options: ConvertOptions, total: int) -> None:
+    with Progress(total, "convert") as progress:
+        for step in source.steps:
+            data = step.load()
+            if options.check_finite:
+                check_finite(step.source, data)
+            results = step.transform(data)
+            del data
+            if [name for name, _ in results] != [out.name for out in step.outputs]:
+                raise InputError("tensor transform disagrees with the plan (internal error)", tensor=step.source)
+            for (name, tensor), out in zip(results, step.outputs):
+                encoded = _encode(name, tensor, out)
+                writer.write_tensor_data(encoded)
+                logger.debug("%-40s %-8s -> %-5s %s", name, str(tensor.dtype).removeprefix("torch."),
+                             out.out_type.name, list(reversed(out.shape)))
+                progress.update(out.nbytes, name)
+
+
+def _encode(name: str, tensor: torch.Tensor, out: PlannedTensor) -> np.ndarray:
+    if tuple(tensor.shape) != out.shape:
+        raise InputError(f"shape {tuple(tensor.shape)} differs from the planned {out.shape} (internal error)",
+                         tensor=name)
+    array = tensor.contiguous().numpy()
+    encoded = encode(name, array, out.out_type)
+    if encoded.nbytes != out.nbytes:
+        raise InputError(f"encoded {encoded.nbytes} bytes, planned {out.nbytes} (internal error)", tensor=name)
+    return encoded
+
+
+def _write_provenance(writer: gguf.GGUFWriter, source: Source, options: ConvertOptions,
+                      planned: list[PlannedTensor]) -> None:
+    """Our own keys, namespaced (docs/metadata.md). No timestamps or paths: same input -> same bytes."""
+    types = sorted({out.out_type.name for out in planned})
+    writer.add_string(PROVENANCE_PREFIX + "version", __version__)
+    writer.add_string(PROVENANCE_PREFIX + "source_format", source.kind)
+    writer.add_string(PROVENANCE_PREFIX + "options", json.dumps(
+        {"outtype": options.outtype.value, "allow_requantize": options.allow_requantize}, sort_keys=True))
+    writer.add_array(PROVENANCE_PREFIX + "tensor_types", types)
+    if any(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t]][0] > 1 for t in types):
+        writer.add_quantized_by("hqq2gguf")
+
+
+def output_path(input_path: Path, options: ConvertOptions, names: NameParts) -> Path:
+    """``-o FILE`` as given; ``-o DIR`` or none: the GGUF naming convention, in DIR or the current dir."""
+    if options.output is not None and not options.output.is_dir():
+        if options.output.suffix != ".gguf":
+            raise OutputError("output file name must end in .gguf (or give an existing directory)",
+                              file=options.output)
+        return options.output
+    directory = options.output if options.output is not None else Path.cwd()
+    label = options.outtype.label if options.outtype.value != "auto" else "auto"
+    stem = gguf.naming_convention(names.name or input_path.stem, names.basename, names.finetune, names.version,
+                                  names.size_label, label)
+    # Metadata is not a path: keep one safe file-name component whatever the model card says.
+    safe = "".join(c if c.isalnum() or c in "-_.+" else "-" for c in stem).strip(".-") or "model"
+    return directory / f"{safe}.gguf"

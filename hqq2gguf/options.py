@@ -1,0 +1,74 @@
+"""Conversion options: one frozen dataclass, validated on construction; the CLI maps 1:1 onto it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import gguf
+
+from hqq2gguf.errors import OptionError
+
+
+class OutType(str, Enum):
+    """Output encoding of the weight matrices (1-D tensors and norms stay F32, as in llama.cpp)."""
+
+    F32 = "f32"
+    """Exact copy of F32 inputs (and exact widening of F16/BF16)."""
+    F16 = "f16"
+    """IEEE half precision: llama.cpp's default for F32/F16 checkpoints."""
+    BF16 = "bf16"
+    """bfloat16: exact for BF16 checkpoints."""
+    Q8_0 = "q8_0"
+    """8-bit blocks of 32 with an fp16 scale, rounded to nearest (llama.cpp's converter Q8_0)."""
+    AUTO = "auto"
+    """The input's own precision: BF16 for BF16 checkpoints, else F16 (never silently lossy for F32 input
+    is not promised: use f32 to keep F32 weights exact)."""
+
+    @property
+    def file_type(self) -> gguf.LlamaFileType:
+        return {
+            OutType.F32: gguf.LlamaFileType.ALL_F32,
+            OutType.F16: gguf.LlamaFileType.MOSTLY_F16,
+            OutType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+            OutType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+        }[self]
+
+    @property
+    def tensor_type(self) -> gguf.GGMLQuantizationType:
+        return {
+            OutType.F32: gguf.GGMLQuantizationType.F32,
+            OutType.F16: gguf.GGMLQuantizationType.F16,
+            OutType.BF16: gguf.GGMLQuantizationType.BF16,
+            OutType.Q8_0: gguf.GGMLQuantizationType.Q8_0,
+        }[self]
+
+    @property
+    def label(self) -> str:
+        """The encoding part of the file name (``F16``, ``Q8_0`` ...), as llama.cpp names it."""
+        return self.file_type.name.partition("_")[2]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    outtype: OutType = OutType.F16
+    output: Path | None = None
+    """A file path, an existing directory (file named by the GGUF naming convention), or None (next to
+    the input, named by the convention)."""
+    force: bool = False
+    """Overwrite an existing output file."""
+    allow_requantize: bool = False
+    """Accept an already-quantized GGUF input: it is dequantized first (lossy twice)."""
+    allow_pickle: bool = False
+    """Load pickle checkpoints (.bin/.pt) with torch.load(weights_only=True). Refused by default."""
+    model_name: str | None = None
+    """Override general.name (and so the file name)."""
+    check_finite: bool = True
+    """Refuse tensors holding NaN or Inf (named in the error)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.outtype, OutType):
+            raise OptionError(f"outtype must be one of {[t.value for t in OutType]}, got {self.outtype!r}")
+        if self.model_name is not None and not self.model_name.strip():
+            raise OptionError("model name must not be empty")

@@ -1,0 +1,1 @@
+"""Inputs: Hugging Face directories and GGUF files, validated before any tensor data is read."""

@@ -1,0 +1,131 @@
+"""GGUF input from any converter: validated, metadata copied through, tensors read one at a time.
+
+Float tensors (F32/F16/BF16) pass through or are re-encoded; an already-quantized input is accepted only
+with ``allow_requantize`` (it is dequantized first: quantizing twice loses more than once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from hqq2gguf.errors import InputError, OptionError
+from hqq2gguf.read.hf_dir import SourceTensor
+
+logger = logging.getLogger(__name__)
+
+Q = gguf.GGMLQuantizationType
+FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
+PASS_THROUGH_TYPES = (Q.I8, Q.I16, Q.I32, Q.I64, Q.F64)
+# Keys the writer sets itself (or the pipeline rewrites); never copied from the input.
+_REWRITTEN_KEYS = {gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE,
+                   gguf.Keys.General.QUANTIZATION_VERSION}
+
+
+@dataclass
+class GgufInput:
+    path: Path
+    reader: gguf.GGUFReader
+    arch: str
+    tensors: dict[str, SourceTensor]
+    source_types: dict[str, gguf.GGMLQuantizationType]
+
+    def copy_metadata(self, writer: gguf.GGUFWriter) -> None:
+        """Copy every KV pair except the virtual GGUF.* fields and the keys we rewrite."""
+        for field in self.reader.fields.values():
+            if field.name.startswith("GGUF.") or field.name in _REWRITTEN_KEYS:
+                continue
+            vtype = field.types[0]
+            sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub_type)
+
+    def field(self, key: str) -> Any:
+        f = self.reader.get_field(key)
+        return f.contents() if f is not None else None
+
+
+def open_gguf(path: Path, *, allow_requantize: bool) -> GgufInput:
+    reader = _read(path)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    if arch is None:
+        raise InputError("GGUF has no general.architecture key", file=path)
+    tensors: dict[str, SourceTensor] = {}
+    types: dict[str, gguf.GGMLQuantizationType] = {}
+    quantized = []
+    for t in reader.tensors:
+        qtype = Q(t.tensor_type)
+        if qtype not in FLOAT_TYPES and qtype not in PASS_THROUGH_TYPES:
+            quantized.append(t.name)
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ggml ne0-first -> numpy order
+        types[t.name] = qtype
+        tensors[t.name] = SourceTensor(t.name, shape, _torch_dtype(qtype), path, _loader(path, t, qtype, shape))
+    if quantized and not allow_requantize:
+        qnames = sorted({types[n].name for n in quantized})
+        raise OptionError(
+            f"input is already quantized ({len(quantized)} tensors of type {', '.join(qnames)}); quantizing "
+            "again compounds the error. Start from an F32/F16/BF16 GGUF or the HF checkpoint, or pass "
+            "--allow-requantize to dequantize and proceed anyway", file=path,
+        )
+    if quantized:
+        logger.warning("%s: requantizing %d already-quantized tensors (dequantized first): quality will be "
+                       "worse than quantizing the original weights", path, len(quantized))
+    return GgufInput(path, reader, str(arch.contents()), tensors, types)
+
+
+def _read(path: Path) -> gguf.GGUFReader:
+    if not path.is_file():
+        raise InputError("no such file", file=path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", file=path) from e
+    if magic != b"GGUF":
+        raise InputError(f"not a GGUF file (magic {magic!r}, expected b'GGUF')", file=path)
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except KeyError as e:  # the reader raises KeyError for duplicate keys
+        raise InputError(f"corrupt GGUF: {e.args[0] if e.args else e}", file=path) from e
+    except (ValueError, IndexError, OverflowError, OSError, MemoryError) as e:
+        raise InputError(f"corrupt or truncated GGUF: {e}", file=path) from e
+    _check_tensor_bounds(path, reader)
+    return reader
+
+
+def _check_tensor_bounds(path: Path, reader: gguf.GGUFReader) -> None:
+    size = os.stat(path).st_size
+    for t in reader.tensors:
+        end = t.data_offset + t.n_bytes
+        if end > size:
+            raise InputError(f"tensor data ends at byte {end}, past the end of the file ({size} bytes): "
+                             "truncated", file=path, tensor=t.name)
+        if t.data_offset % reader.alignment:
+            raise InputError(f"tensor data offset {t.data_offset} is not aligned to {reader.alignment}",
+                             file=path, tensor=t.name)
+
+
+def _torch_dtype(qtype: gguf.GGMLQuantizationType) -> torch.dtype:
+    return {Q.F16: torch.float16, Q.BF16: torch.bfloat16, Q.I8: torch.int8, Q.I16: torch.int16,
+            Q.I32: torch.int32, Q.I64: torch.int64, Q.F64: torch.float64}.get(qtype, torch.float32)
+
+
+def _loader(path: Path, t: gguf.ReaderTensor, qtype: gguf.GGMLQuantizationType, shape: tuple[int, ...]):
+    def load() -> torch.Tensor:
+        data = np.asarray(t.data)
+        if qtype == Q.BF16:
+            return torch.from_numpy(data.view(np.uint16).copy()).view(torch.bfloat16).reshape(shape)
+        if qtype in (Q.F32, Q.F16) or qtype in PASS_THROUGH_TYPES:
+            return torch.from_numpy(data.copy()).reshape(shape)
+        try:
+            return torch.from_numpy(gguf.quants.dequantize(data, qtype).copy()).reshape(shape)
+        except NotImplementedError as e:
+            raise InputError(f"cannot dequantize type {qtype.name}: {e}", file=path, tensor=t.name) from e
+
+    return load

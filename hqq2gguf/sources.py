@@ -1,0 +1,179 @@
+"""Turn an input (HF directory or GGUF file) into a plan and its metadata writer.
+
+Each input kind yields a :class:`Source`: the GGUF architecture name, the ordered plan steps, and a
+function that writes the KV metadata once the tensor infos are known (the parameter count feeds
+``general.size_label``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gguf
+import torch
+
+from hqq2gguf.errors import InputError
+from hqq2gguf.models import Architecture, architecture_for
+from hqq2gguf.options import ConvertOptions
+from hqq2gguf.plan import PlannedTensor, PlanStep, meta_like, output_type, working_dtype
+from hqq2gguf.read.gguf_in import FLOAT_TYPES, PASS_THROUGH_TYPES, GgufInput, open_gguf
+from hqq2gguf.read.hf_dir import HfModel, open_hf_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NameParts:
+    """What the GGUF file-naming convention needs."""
+
+    name: str | None
+    basename: str | None
+    finetune: str | None
+    version: str | None
+    size_label: str | None
+
+
+@dataclass
+class Source:
+    kind: str  # "hf" or "gguf"
+    path: Path
+    arch: str
+    steps: list[PlanStep]
+    write_metadata: Callable[[gguf.GGUFWriter, ConvertOptions], NameParts]
+
+
+def open_source(path: Path, options: ConvertOptions) -> Source:
+    if path.is_dir():
+        return _hf_source(open_hf_dir(path, allow_pickle=options.allow_pickle), options)
+    if not path.exists():
+        raise InputError("no such file or directory", file=path)
+    if path.suffix == ".safetensors" or path.name == "config.json":
+        raise InputError("give the model directory (with config.json and the safetensors), not one file", file=path)
+    return _gguf_source(open_gguf(path, allow_requantize=options.allow_requantize), options)
+
+
+# --- Hugging Face directory -----------------------------------------------------------------------
+
+def _hf_source(model: HfModel, options: ConvertOptions) -> Source:
+    arch = architecture_for(model.config, model.path)
+    wanted = _wanted_type(model, options)
+    steps = [_hf_step(arch, name, load, wanted, generated=True) for name, load in arch.extra_tensors()]
+    for hf_name, tensor in model.tensors.items():
+        name = arch.filter_tensor(hf_name)
+        if name is None:
+            continue
+        steps.append(_hf_step(arch, name, tensor.load, wanted, dtype=tensor.dtype, shape=tensor.shape))
+
+    def write_metadata(writer: gguf.GGUFWriter, opts: ConvertOptions) -> NameParts:
+        return _write_hf_metadata(writer, model, arch, opts, wanted)
+
+    return Source("hf", model.path, arch.arch_name, steps, write_metadata)
+
+
+def _wanted_type(model: HfModel, options: ConvertOptions) -> gguf.GGMLQuantizationType:
+    from hqq2gguf.options import OutType
+
+    if options.outtype is not OutType.AUTO:
+        return options.outtype.tensor_type
+    for tensor in model.tensors.values():  # lossless choice from the first matrix's dtype
+        if len(tensor.shape) >= 2:
+            return {torch.bfloat16: gguf.GGMLQuantizationType.BF16, torch.float16: gguf.GGMLQuantizationType.F16}.get(
+                tensor.dtype, gguf.GGMLQuantizationType.F32)
+    return gguf.GGMLQuantizationType.F16
+
+
+def _bid(name: str) -> int | None:
+    return next((int(part) for part in name.split(".") if part.isdecimal()), None)
+
+
+def _hf_step(arch: Architecture, name: str, load: Callable[[], torch.Tensor], wanted: gguf.GGMLQuantizationType,
+             *, dtype: torch.dtype | None = None, shape: tuple[int, ...] | None = None,
+             generated: bool = False) -> PlanStep:
+    bid = _bid(name)
+
+    def transform(data: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        data = data if generated else data.to(working_dtype(data.dtype))
+        return list(arch.modify_tensors(data, name, bid)) if not generated else [(name, data)]
+
+    probe = load() if generated else meta_like(shape or (), dtype or torch.float32)
+    outputs = []
+    for new_name, out in transform(probe):
+        n_dims = out.dim()
+        keep_f32 = arch.force_f32(new_name, bid)
+        ne0 = int(out.shape[-1]) if n_dims else 1
+        outputs.append(PlannedTensor(new_name, tuple(int(d) for d in out.shape),
+                                     output_type(new_name, n_dims, wanted, keep_f32=keep_f32, ne0=ne0)))
+    return PlanStep(source=name, load=load, outputs=outputs, transform=transform)
+
+
+def _write_hf_metadata(writer: gguf.GGUFWriter, model: HfModel, arch: Architecture, options: ConvertOptions,
+                       wanted: gguf.GGMLQuantizationType) -> NameParts:
+    writer.add_type(gguf.GGUFType.MODEL)
+    total, shared, expert, n_expert = writer.get_total_parameter_count()
+    meta = gguf.Metadata.load(None, model.path, options.model_name, total)
+    if meta.name is None:
+        meta.name = model.path.name
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, n_expert)
+    meta.set_gguf_meta_model(writer)
+    arch.set_gguf_parameters(writer)
+    writer.add_file_type(_file_type(wanted))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    arch.set_vocab(writer)
+    return NameParts(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label)
+
+
+def _file_type(qtype: gguf.GGMLQuantizationType) -> gguf.LlamaFileType:
+    return {gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
+            gguf.GGMLQuantizationType.F16: gguf.LlamaFileType.MOSTLY_F16,
+            gguf.GGMLQuantizationType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+            gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
+
+
+# --- GGUF file --------------------------------------------------------------------------------------
+
+# Tensors llama.cpp never quantizes, by GGUF base name (1-D tensors and *_norm are handled by the rule).
+_KEEP_F32 = re.compile(r"(^|\.)(ffn_gate_inp(_shexp)?|position_embd|token_types|ssm_conv1d)\.weight$")
+
+
+def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
+    wanted = _gguf_wanted_type(gin, options)
+    steps = []
+    for name, tensor in gin.tensors.items():
+        src_type = gin.source_types[name]
+        if src_type in PASS_THROUGH_TYPES:
+            out_type = src_type  # integer / F64 tensors pass through unchanged
+        else:
+            keep_f32 = bool(_KEEP_F32.search(name))
+            out_type = output_type(name, len(tensor.shape), wanted, keep_f32=keep_f32, ne0=tensor.shape[-1])
+        planned = PlannedTensor(name, tensor.shape, out_type)
+        steps.append(PlanStep(source=name, load=tensor.load, outputs=[planned],
+                              transform=lambda data, n=name: [(n, data if not data.is_floating_point()
+                                                               else data.to(working_dtype(data.dtype)))]))
+
+    def write_metadata(writer: gguf.GGUFWriter, opts: ConvertOptions) -> NameParts:
+        gin.copy_metadata(writer)
+        writer.add_file_type(_file_type(wanted))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        if opts.model_name:
+            writer.add_name(opts.model_name)  # later add_* of the same key replaces the copied value
+        g = gguf.Keys.General
+        return NameParts(opts.model_name or gin.field(g.NAME), gin.field(g.BASENAME), gin.field(g.FINETUNE),
+                         gin.field(g.VERSION), gin.field(g.SIZE_LABEL))
+
+    return Source("gguf", gin.path, gin.arch, steps, write_metadata)
+
+
+def _gguf_wanted_type(gin: GgufInput, options: ConvertOptions) -> gguf.GGMLQuantizationType:
+    from hqq2gguf.options import OutType
+
+    if options.outtype is not OutType.AUTO:
+        return options.outtype.tensor_type
+    for name, qtype in gin.source_types.items():
+        if len(gin.tensors[name].shape) >= 2 and qtype in FLOAT_TYPES:
+            return qtype
+    return gguf.GGMLQuantizationType.F16
