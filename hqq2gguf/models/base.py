@@ -54,6 +54,8 @@ class Architecture:
         self.block_count: int = self.find_hparam(["n_layers", "num_hidden_layers", "n_layer", "num_layers"])
         self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, self.block_count)
         self.rope_parameters: dict[str, Any] = dict(hparams.get("rope_parameters", hparams.get("rope_scaling")) or {})
+        # general.file_type, written with the common keys (where llama.cpp writes it); set by the pipeline.
+        self.file_type: gguf.LlamaFileType | None = None
         self._mirror_rope_parameters()
 
     # --- hyper-parameters -------------------------------------------------------------------------
