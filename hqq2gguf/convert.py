@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,12 @@ def _check_unique(source: Source, planned: list[PlannedTensor]) -> None:
 
 
 def _write_tensors(writer: gguf.GGUFWriter, source: Source, options: ConvertOptions, total: int) -> None:
+    # Test hook: a pause per tensor so that interrupt tests can hit the middle of a write.
+    pause_s = float(os.environ.get("HQQ2GGUF_TEST_SLOW_WRITE_S", "0"))
     with Progress(total, "convert") as progress:
         for step in source.steps:
+            if pause_s:
+                time.sleep(pause_s)
             data = step.load()
             if options.check_finite:
                 check_finite(step.source, data)
@@ -85,11 +90,12 @@ def _write_tensors(writer: gguf.GGUFWriter, source: Source, options: ConvertOpti
             del data
             if [name for name, _ in results] != [out.name for out in step.outputs]:
                 raise InputError("tensor transform disagrees with the plan (internal error)", tensor=step.source)
-            for (name, tensor), out in zip(results, step.outputs):
-                encoded = _encode(name, tensor, out)
-                writer.write_tensor_data(encoded)
+            for out in step.outputs:
+                name, tensor = results.pop(0)
+                writer.write_tensor_data(_encode(name, tensor, out))
                 logger.debug("%-40s %-8s -> %-5s %s", name, str(tensor.dtype).removeprefix("torch."),
                              out.out_type.name, list(reversed(out.shape)))
+                del tensor  # memory stays bounded by one tensor: nothing survives into the next step
                 progress.update(out.nbytes, name)
 
 
