@@ -21,8 +21,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     # Third-party chatter (transformers, gguf) only when asked for.
-    for name in ("gguf", "transformers", "urllib3"):
+    for name in ("transformers", "urllib3"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    # gguf-py warns when a key is written twice, which llama.cpp's own vocab code does on purpose.
+    logging.getLogger("gguf").setLevel(logging.DEBUG if verbose > 1 else logging.ERROR)
 
 
 def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:

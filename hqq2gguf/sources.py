@@ -112,6 +112,7 @@ def _hf_step(arch: Architecture, name: str, load: Callable[[], torch.Tensor], wa
 
 def _write_hf_metadata(writer: gguf.GGUFWriter, model: HfModel, arch: Architecture, options: ConvertOptions,
                        wanted: gguf.GGMLQuantizationType) -> NameParts:
+    arch.set_early_gguf_parameters(writer)  # keys llama.cpp writes while preparing tensors (Phi-3 attn_factor)
     writer.add_type(gguf.GGUFType.MODEL)
     total, shared, expert, n_expert = writer.get_total_parameter_count()
     meta = gguf.Metadata.load(None, model.path, options.model_name, total)
@@ -120,8 +121,8 @@ def _write_hf_metadata(writer: gguf.GGUFWriter, model: HfModel, arch: Architectu
     if meta.size_label is None and total > 0:
         meta.size_label = gguf.size_label(total, shared, expert, n_expert)
     meta.set_gguf_meta_model(writer)
+    arch.file_type = _file_type(wanted)
     arch.set_gguf_parameters(writer)
-    writer.add_file_type(_file_type(wanted))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     arch.set_vocab(writer)
     return NameParts(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label)
@@ -156,12 +157,13 @@ def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
                                                                else data.to(working_dtype(data.dtype)))]))
 
     def write_metadata(writer: gguf.GGUFWriter, opts: ConvertOptions) -> NameParts:
-        gin.copy_metadata(writer)
-        writer.add_file_type(_file_type(wanted))
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        if opts.model_name:
-            writer.add_name(opts.model_name)  # later add_* of the same key replaces the copied value
         g = gguf.Keys.General
+        u32, string = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.STRING
+        overrides = {g.FILE_TYPE: (int(_file_type(wanted)), u32),
+                     g.QUANTIZATION_VERSION: (gguf.GGML_QUANT_VERSION, u32)}
+        if opts.model_name:
+            overrides[g.NAME] = (opts.model_name, string)
+        gin.copy_metadata(writer, overrides)
         return NameParts(opts.model_name or gin.field(g.NAME), gin.field(g.BASENAME), gin.field(g.FINETUNE),
                          gin.field(g.VERSION), gin.field(g.SIZE_LABEL))
 

@@ -24,9 +24,10 @@ logger = logging.getLogger(__name__)
 Q = gguf.GGMLQuantizationType
 FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
 PASS_THROUGH_TYPES = (Q.I8, Q.I16, Q.I32, Q.I64, Q.F64)
-# Keys the writer sets itself (or the pipeline rewrites); never copied from the input.
-_REWRITTEN_KEYS = {gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE,
-                   gguf.Keys.General.QUANTIZATION_VERSION}
+# Keys written for this output, never copied from the input: the writer's own first key, and what a
+# previous hqq2gguf run said about itself.
+_REWRITTEN_KEYS = {gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.QUANTIZED_BY}
+_PROVENANCE_PREFIX = "hqq2gguf."
 
 
 @dataclass
@@ -37,14 +38,26 @@ class GgufInput:
     tensors: dict[str, SourceTensor]
     source_types: dict[str, gguf.GGMLQuantizationType]
 
-    def copy_metadata(self, writer: gguf.GGUFWriter) -> None:
-        """Copy every KV pair except the virtual GGUF.* fields and the keys we rewrite."""
+    def copy_metadata(self, writer: gguf.GGUFWriter, overrides: dict[str, tuple[Any, gguf.GGUFValueType]]) -> None:
+        """Copy every KV pair in order, replacing the values of ``overrides`` in place (new keys go last).
+
+        Skipped: the virtual GGUF.* fields, general.architecture (the writer's own first key), and the keys
+        an earlier hqq2gguf run wrote about itself (rewritten for this output).
+        """
+        pending = dict(overrides)
         for field in self.reader.fields.values():
-            if field.name.startswith("GGUF.") or field.name in _REWRITTEN_KEYS:
+            name = field.name
+            if name.startswith(("GGUF.", _PROVENANCE_PREFIX)) or name in _REWRITTEN_KEYS:
+                continue
+            if name in pending:
+                value, vtype = pending.pop(name)
+                writer.add_key_value(name, value, vtype)
                 continue
             vtype = field.types[0]
             sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub_type)
+            writer.add_key_value(name, field.contents(), vtype, sub_type=sub_type)
+        for name, (value, vtype) in pending.items():
+            writer.add_key_value(name, value, vtype)
 
     def field(self, key: str) -> Any:
         f = self.reader.get_field(key)

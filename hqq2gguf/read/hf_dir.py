@@ -68,8 +68,15 @@ def load_config(path: Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any failure means "use the raw JSON", as the converter does
         logger.debug("AutoConfig could not read %s (%s); using the raw config.json", config_file, e)
         config = raw
-    if "text_config" in config and isinstance(config["text_config"], dict):
-        config = {**config, **config["text_config"]}
+    # The architecture is chosen before text_config is merged in (its "architectures" may be None).
+    architecture = archs[0]
+    text_config = config.get("text_config")
+    if isinstance(text_config, dict):
+        text_archs = text_config.get("architectures")
+        if isinstance(text_archs, list) and text_archs and isinstance(text_archs[0], str):
+            architecture = text_archs[0]
+        config = {**config, **text_config}
+    config["architectures"] = [architecture]
     return config
 
 
