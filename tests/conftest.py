@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny HF models built once per session, llama.cpp's converter as the oracle.
+
+Markers (registered in pyproject.toml):
+    oracle  -- compares with llama.cpp's convert_hf_to_gguf.py. Skipped (loudly) when its source is
+               missing, unless HQQ2GGUF_REQUIRE_ORACLE=1 (CI), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import oracle
+import tiny_models
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    reason = oracle.oracle_missing_reason()
+    where = oracle.oracle_src() if reason is None else f"MISSING - {reason}"
+    return f"hqq2gguf oracle (llama.cpp converter): {where}"
+
+
+@pytest.fixture(scope="session")
+def oracle_src() -> Path:
+    """The llama.cpp source tree holding convert_hf_to_gguf.py; skip, or fail under CI, without it."""
+    reason = oracle.oracle_missing_reason()
+    if reason is not None:
+        if oracle.oracle_required():
+            pytest.fail(f"{oracle.REQUIRE_ENV} is set but the oracle is unavailable: {reason}", pytrace=False)
+        pytest.skip(f"ORACLE MISSING, equivalence with llama.cpp NOT checked: {reason}")
+    return oracle.oracle_src()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``tiny_model_dir(name)``: the directory of tiny model ``name`` (see tiny_models.TINY_MODELS),
+    built on first use and shared by the whole session. Treat it as read-only."""
+    built: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("tiny_models")
+
+    def get(name: str) -> Path:
+        if name not in built:
+            try:
+                built[name] = tiny_models.build_tiny_model(
+                    tiny_models.TINY_MODELS[name], root / name, tokenizer_cache=root / ".tokenizers")
+            except tiny_models.TokenizerUnavailable as exc:
+                if oracle.oracle_required():
+                    pytest.fail(f"{oracle.REQUIRE_ENV} is set but tiny model {name!r} cannot be built: {exc}",
+                                pytrace=False)
+                pytest.skip(f"TINY MODEL {name!r} NOT BUILT: {exc}")
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def oracle_gguf(
+    oracle_src: Path, tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str], Path]:
+    """``oracle_gguf(name, outtype)``: llama.cpp's conversion of tiny model ``name``, made once."""
+    made: dict[tuple[str, str], Path] = {}
+    root = tmp_path_factory.mktemp("oracle_gguf")
+
+    def get(name: str, outtype: str) -> Path:
+        if (name, outtype) not in made:  # convert to every outtype at once: the runs go in parallel
+            model_dir = tiny_model_dir(name)
+            todo = [t for t in dict.fromkeys((outtype, *oracle.OUTTYPES)) if (name, t) not in made]
+            jobs = [(model_dir, t, root / f"{name}-{t}.gguf") for t in todo]
+            for (_, t, _), path in zip(jobs, oracle.run_oracle_many(jobs)):
+                made[(name, t)] = path
+        return made[(name, outtype)]
+
+    return get
