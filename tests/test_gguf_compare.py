@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 
-from gguf_compare import compare_gguf, read_gguf
+from hqq2gguf.gguf_diff import compare_gguf, read_gguf
 
 
 def _write(path: Path, edit: Callable[[dict[str, Any]], None] = lambda spec: None) -> Path:

@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 
-from gguf_compare import compare_gguf
+from hqq2gguf.gguf_diff import compare_gguf
 from hqq2gguf.convert import convert
 from hqq2gguf.errors import InputError, OptionError
 from hqq2gguf.options import ConvertOptions, OutType

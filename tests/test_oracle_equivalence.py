@@ -16,7 +16,7 @@ import pytest
 
 import oracle
 import tiny_models
-from gguf_compare import compare_gguf, format_diffs
+from hqq2gguf.gguf_diff import compare_gguf, format_diffs
 from hqq2gguf.convert import convert
 from hqq2gguf.options import ConvertOptions, OutType
 

@@ -126,7 +126,10 @@ def _slow_to_fast(dest: Path) -> None:
     protobuf, transformers' slow->fast conversion fails importing it.  Then use the copy of that
     module transformers itself ships (same ModelProto).
     """
-    import transformers.convert_slow_tokenizer as conversion
+    import importlib
+
+    # import_module: 'import a.b as c' can bind the function transformers.convert_slow_tokenizer instead.
+    conversion = importlib.import_module("transformers.convert_slow_tokenizer")
     from transformers import LlamaTokenizerFast
 
     try:

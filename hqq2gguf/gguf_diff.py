@@ -1,6 +1,6 @@
-"""Compare two GGUF files and list, in words, everything that differs.
+"""Compare two GGUF files and list, in words, everything that differs (``hqq2gguf diff``).
 
-Used to check our conversion against llama.cpp's converter: tensor names and order, shapes, ggml types
+Used to check a conversion against llama.cpp's converter: tensor names and order, shapes, ggml types
 and raw bytes; every metadata key with its value type and value (arrays element by element) and the
 key order. Our own provenance keys (``hqq2gguf.*``) are left out. An empty list means the files are
 equivalent.
