@@ -1,0 +1,87 @@
+"""Solver for the types with one fp16 scale (and maybe an fp16 min) per block.
+
+Q4_0, Q5_0, Q8_0, TQ1_0, TQ2_0 (``x = d*q``), Q4_1, Q5_1 (``x = d*q + m``), IQ4_NL (``x = d*kvalues[q]``).
+Free: d (and m), snapped to fp16 inside the loop; the codes are the nearest under the snapped values.
+
+All starts run side by side: rows ``[s*n:(s+1)*n]`` of every working tensor belong to start ``s``; start 0
+is llama.cpp's answer (its exact fields are also the initial "best" of every start, so no block can end
+worse than llama.cpp on the objective).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hqq2gguf.optimize.config import SolverConfig
+from hqq2gguf.optimize.core import Grid, fit_affine, fit_scale, fp16, hq_target, keep_better, weighted_sse
+from hqq2gguf.qtypes import QuantSpec
+
+State = dict[str, torch.Tensor]
+
+
+def exact_decode(grid: Grid, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+    """ggml's float32 reconstruction ``level*d (+ m)`` of codes q (n, B) with fp16-exact d, m (n,)."""
+    lv = grid.levels.to(torch.float32)[q - grid.qmin] if grid.mids is None else grid.levels.to(torch.float32)[q]
+    y = lv * d.to(torch.float32)[:, None]
+    return y if m is None else y + m.to(torch.float32)[:, None]
+
+
+def _starts(spec: QuantSpec, grid: Grid, x: torch.Tensor, cfg: SolverConfig
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial (scale, offset) of every extra start, stacked along axis 0: (n_extra * n,) each."""
+    scales, offsets = [], []
+    if spec.affine:
+        lo, hi = x.min(dim=1).values, x.max(dim=1).values
+        r = hi - lo
+        for f in cfg.range_factors:
+            s = f * r / (grid.hi - grid.lo)
+            scales.append(s)
+            offsets.append(lo + (1 - f) * r / 2 - s * grid.lo)
+    else:
+        xm = x.gather(1, x.abs().argmax(dim=1, keepdim=True))[:, 0]
+        for f in cfg.range_factors:
+            for side in (grid.lo, grid.hi):
+                scales.append(f * xm / side)
+                offsets.append(torch.zeros_like(xm))
+    return torch.cat(scales), torch.cat(offsets)
+
+
+def solve_block_scale(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: torch.Tensor, base: State,
+                      cfg: SolverConfig) -> State:
+    """Best fields per block: ``{"d", "m" (affine), "q", "obj"}``.
+
+    x, w, wfit: (n, B) float64 (values, objective weights, fitting weights); ``base``: llama.cpp's fields
+    ``d`` (n,), ``m`` (n,) or absent, ``q`` (n, B) int64, and its objective ``obj`` (n,)."""
+    grid = Grid.of(spec)
+    n = x.shape[0]
+    s_extra, b_extra = _starts(spec, grid, x, cfg)
+    n_starts = 1 + s_extra.shape[0] // max(n, 1)
+    xs, ws, wf = x.repeat(n_starts, 1), w.repeat(n_starts, 1), wfit.repeat(n_starts, 1)
+    s = torch.cat([base["d"], s_extra])
+    b = torch.cat([base["m"], b_extra]) if spec.affine else torch.zeros_like(s)
+    best = {k: v.repeat(n_starts, *([1] * (v.dim() - 1))) for k, v in base.items()}
+    beta, p = cfg.beta0, (cfg.p if cfg.shrinks else None)
+    for it in range(cfg.iterations + 1):
+        d16 = fp16(s)
+        m16 = fp16(b) if spec.affine else None
+        q, lv = grid.codes(xs, d16[:, None], 0.0 if m16 is None else m16[:, None])
+        obj = weighted_sse(xs, exact_decode(grid, q, d16, m16), ws)
+        new = {"d": d16, "q": q, "obj": obj} | ({"m": m16} if spec.affine else {})
+        keep_better(obj < best["obj"], new, best)
+        if it == cfg.iterations:
+            break
+        off = 0.0 if m16 is None else m16[:, None]
+        t = hq_target(xs, d16[:, None] * lv + off, d16[:, None], p, beta)
+        if spec.affine:
+            s, b = fit_affine(lv, t, wf, d16, m16)
+        else:
+            s = fit_scale(lv, t, wf, d16)
+        beta *= cfg.kappa
+    return _best_of_starts(best, n_starts, n)
+
+
+def _best_of_starts(best: State, n_starts: int, n: int) -> State:
+    """Per block, the start with the lowest objective (the first on ties: llama.cpp's answer wins ties)."""
+    pick = best["obj"].reshape(n_starts, n).argmin(dim=0)
+    rows = pick * n + torch.arange(n)
+    return {k: v[rows] for k, v in best.items()}

@@ -1,0 +1,82 @@
+"""The solver's options: one frozen dataclass, validated on construction (CLI flags map 1:1 onto it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+from hqq2gguf.errors import OptionError
+
+
+class WeightMode(str, Enum):
+    """Element weights w of the objective ``sum w * (x - x_hat)**2`` (per block)."""
+
+    NONE = "none"
+    """w = 1: plain squared error."""
+    ABS = "abs"
+    """w = |x|."""
+    SQUARE = "square"
+    """w = x**2."""
+    LLAMA = "llama"
+    """The weights llama.cpp's own quantizer of the type uses without an imatrix: 1 for Q4_0..Q8_0 and TQ*,
+    |x| for Q2_K, av_x + |x| (av_x = RMS of the 32-group) for Q4_K/Q5_K, x**2 for Q3_K/Q6_K/IQ4_*."""
+    IMPORTANCE = "importance"
+    """llama.cpp's imatrix weighting ``importance[j] * sqrt(sigma2 + x**2)``, sigma2 = mean x**2 of the row.
+    Needs ``importance``."""
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """How :func:`hqq2gguf.optimize.solve` searches each block.
+
+    The half-quadratic loop measures the error in quantization steps (error / group scale), shrinks it with
+    the lp proximal operator (``p < 1``; ``p == 2`` turns shrinkage off: plain alternating least squares),
+    and refits what the format leaves free to ``x - shrunk error``. ``beta`` starts at ``beta0`` and is
+    multiplied by ``kappa`` every iteration (larger beta = stronger shrinkage). Every iterate is scored on the
+    exact objective after snapping to the format; each block keeps its best, and never ends worse than
+    llama.cpp's own answer for that block.
+
+    When ``importance`` is passed with a mode other than IMPORTANCE, the mode's weights are multiplied by it.
+    """
+
+    weights: WeightMode = WeightMode.LLAMA
+    p: float = 0.7
+    beta0: float = 1.0
+    kappa: float = 1.05
+    iterations: int = 12
+    range_factors: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8)
+    """Extra starts besides llama.cpp's answer: min/max (or absmax) fits of the range shrunk by each factor."""
+    sub_scale_radius: int = 1
+    """K-quants: integer sub-scales (and mins) tried around the rounded least-squares value, +-radius."""
+    chunk_blocks: int = 4096
+    """Blocks solved together (memory bound: about 60 float64 copies of chunk_blocks * block * starts)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weights, WeightMode):
+            try:
+                object.__setattr__(self, "weights", WeightMode(self.weights))
+            except ValueError:
+                known = ", ".join(m.value for m in WeightMode)
+                raise OptionError(f"weights must be one of {known}, got {self.weights!r}") from None
+        if not (0.0 < self.p <= 1.0 or self.p == 2.0):
+            raise OptionError(f"p must lie in (0, 1] (lp shrinkage) or be 2 (no shrinkage), got {self.p}")
+        if not (math.isfinite(self.beta0) and self.beta0 > 0):
+            raise OptionError(f"beta0 must be a positive finite number, got {self.beta0}")
+        if not (math.isfinite(self.kappa) and self.kappa >= 1.0):
+            raise OptionError(f"kappa must be >= 1, got {self.kappa}")
+        if not (isinstance(self.iterations, int) and 0 <= self.iterations <= 1000):
+            raise OptionError(f"iterations must be an integer in 0..1000, got {self.iterations!r}")
+        factors = tuple(float(f) for f in self.range_factors)
+        if any(not (0.0 < f <= 2.0) for f in factors):
+            raise OptionError(f"range_factors must lie in (0, 2], got {self.range_factors}")
+        object.__setattr__(self, "range_factors", factors)
+        if not (isinstance(self.sub_scale_radius, int) and 0 <= self.sub_scale_radius <= 4):
+            raise OptionError(f"sub_scale_radius must be an integer in 0..4, got {self.sub_scale_radius!r}")
+        if not (isinstance(self.chunk_blocks, int) and self.chunk_blocks >= 1):
+            raise OptionError(f"chunk_blocks must be a positive integer, got {self.chunk_blocks!r}")
+
+    @property
+    def shrinks(self) -> bool:
+        """True when the half-quadratic lp shrinkage is on (p < 2)."""
+        return self.p < 2.0

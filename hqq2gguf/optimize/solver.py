@@ -1,0 +1,156 @@
+"""The reference solver's entry points: one tensor in, the best block fields (or packed bytes) out.
+
+    x (rows, ne0) --llama.cpp's answer (ggml_ref) + extra starts--> half-quadratic loop per block
+      --keep the best per block, never worse than llama.cpp's--> fields --pack--> uint8 (rows, row_bytes)
+
+Pure PyTorch on the CPU, vectorized over all blocks of a chunk; the CUDA kernels reproduce it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+import torch
+
+from hqq2gguf import ggml_ref, pack
+from hqq2gguf.errors import InputError, UnsupportedError
+from hqq2gguf.optimize.block_scale import solve_block_scale
+from hqq2gguf.optimize.config import SolverConfig
+from hqq2gguf.optimize.kquant import solve_super
+from hqq2gguf.optimize.weights import checked_importance, element_weights
+from hqq2gguf.pack import Fields, KQuantFields, LegacyFields
+from hqq2gguf.qtypes import Kind, QuantSpec, spec as spec_of
+
+logger = logging.getLogger(__name__)
+
+#: Types the solver handles, in the order they were brought up.
+SOLVER_TYPES: tuple[gguf.GGMLQuantizationType, ...] = tuple(gguf.GGMLQuantizationType[n] for n in (
+    "Q4_0", "Q5_0", "Q8_0", "Q4_1", "Q5_1", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K", "IQ4_XS",
+    "TQ1_0", "TQ2_0"))
+
+_FIT_WEIGHT_FLOOR = 1e-4  # fitting weights get this fraction of the block's mean weight added (zero weights)
+
+
+@dataclass(frozen=True, eq=False)
+class Solution:
+    """What the solver chose for one tensor, with the per-block objectives (float64, (n_blocks,))."""
+
+    qtype: gguf.GGMLQuantizationType
+    fields: Fields  # of all blocks, row-major (rows * ne0 / block_size blocks)
+    values: np.ndarray  # float32 (rows, ne0): exactly what ggml will decode
+    objective: np.ndarray  # sum w*(x - values)**2 per block
+    baseline_objective: np.ndarray  # the same for llama.cpp's own answer
+    weights: np.ndarray  # float64 (rows, ne0): the element weights w of the objective
+
+    def packed(self) -> np.ndarray:
+        """uint8 (rows, row_bytes): the ggml blocks."""
+        rows = self.values.shape[0]
+        return pack.pack(self.qtype, self.fields).reshape(rows, -1)
+
+
+def quantize_tensor(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torch.Tensor | None = None,
+                    config: SolverConfig = SolverConfig()) -> np.ndarray:
+    """Quantize rows ``x`` (rows, ne0) float32, GGUF layout, to packed ggml blocks uint8 (rows, row_bytes).
+
+    ``importance``: optional (ne0,) per-column weights (imatrix or a data-free proxy); llama.cpp's
+    baseline answer is then its imatrix path."""
+    return solve(x, qtype, importance=importance, config=config).packed()
+
+
+def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torch.Tensor | None = None,
+          config: SolverConfig = SolverConfig()) -> Solution:
+    """As :func:`quantize_tensor`, returning the fields, decoded values and per-block objectives."""
+    spec = _solver_spec(qtype)
+    x32 = _checked_rows(x, spec)
+    rows, ne0 = x32.shape
+    imp = checked_importance(importance, ne0, spec.name)
+    base_bytes = ggml_ref.ggml_quantize(spec.qtype, x32, None if imp is None else imp.numpy().astype(np.float32))
+    base_fields = pack.unpack(spec.qtype, base_bytes)
+    x64 = torch.from_numpy(x32).to(torch.float64)
+    w_rows = element_weights(x64, spec, config.weights, imp)
+    xb, w = x64.reshape(-1, spec.block_size), w_rows.reshape(-1, spec.block_size)
+    base_obj = block_objective(xb.numpy(), pack.decode(spec.qtype, base_fields), w.numpy())
+    wfit = w + _FIT_WEIGHT_FLOOR * w.mean(dim=1, keepdim=True) + 1e-300
+    base = _state_of(base_fields) | {"obj": torch.from_numpy(base_obj)}
+    solver = solve_super if spec.kind is Kind.SUPER else solve_block_scale
+    parts = []
+    for i in range(0, xb.shape[0], config.chunk_blocks):
+        sl = slice(i, i + config.chunk_blocks)
+        parts.append(solver(spec, xb[sl], w[sl], wfit[sl], {k: v[sl] for k, v in base.items()}, config))
+    best = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else base
+    fields = _fields_of(spec, best)
+    values = pack.decode(spec.qtype, fields)
+    obj = block_objective(xb.numpy(), values, w.numpy())
+    worse = obj > base_obj
+    if worse.any():  # float32 rounding between the torch and numpy decoders; not expected
+        logger.warning("%s: %d block(s) came out worse than llama.cpp; kept llama.cpp's", spec.name, worse.sum())
+        fields = _select(spec, worse, base_fields, fields)
+        values = pack.decode(spec.qtype, fields)
+        obj = block_objective(xb.numpy(), values, w.numpy())
+    return Solution(spec.qtype, fields, values.reshape(rows, ne0), obj, base_obj, w_rows.numpy())
+
+
+def block_objective(x: np.ndarray, values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``sum w * (x - values)**2`` per block; all (n_blocks, block) (float64 arithmetic)."""
+    e = x.astype(np.float64) - values.astype(np.float64)
+    return (w * e * e).sum(axis=1)
+
+
+def _solver_spec(qtype: gguf.GGMLQuantizationType) -> QuantSpec:
+    s = spec_of(qtype)
+    if s.qtype not in SOLVER_TYPES:
+        known = ", ".join(t.name for t in SOLVER_TYPES)
+        raise UnsupportedError(f"the HQQ solver does not handle {s.name} (it handles {known})")
+    return s
+
+
+def _checked_rows(x: object, spec: QuantSpec) -> np.ndarray:
+    t = torch.as_tensor(x).detach().cpu()
+    if t.dim() != 2 or not t.is_floating_point():
+        raise InputError(f"{spec.name}: expected a 2-D float tensor (rows, ne0), got {t.dtype} {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise InputError(f"{spec.name}: the tensor has no rows")
+    if t.shape[1] == 0 or t.shape[1] % spec.block_size:
+        raise InputError(f"{spec.name}: rows of {t.shape[1]} elements are not whole {spec.block_size}-blocks")
+    x32 = np.ascontiguousarray(t.to(torch.float32).numpy())
+    if not np.isfinite(x32).all():
+        raise InputError(f"{spec.name}: cannot quantize non-finite values")
+    return x32
+
+
+def _state_of(f: Fields) -> dict[str, torch.Tensor]:
+    """Fields (numpy) -> solver state: fp16 values as float64, integers as int64."""
+    out = {}
+    for name in ("d", "m", "dmin", "sc", "mn", "q"):
+        v = getattr(f, name, None)
+        if v is not None:
+            out[name] = torch.from_numpy(v.astype(np.float64 if v.dtype == np.float16 else np.int64))
+    return out
+
+
+def _fields_of(spec: QuantSpec, st: dict[str, torch.Tensor]) -> Fields:
+    def f16(name: str) -> np.ndarray | None:
+        return st[name].numpy().astype(np.float16) if name in st else None
+
+    def i8(name: str) -> np.ndarray | None:
+        return st[name].numpy().astype(np.int8) if name in st else None
+
+    q = i8("q").reshape(-1, spec.block_size)
+    if spec.kind is Kind.SUPER:
+        return KQuantFields(f16("d"), f16("dmin"), i8("sc"), i8("mn"), q)
+    return LegacyFields(f16("d"), f16("m"), q)
+
+
+def _select(spec: QuantSpec, take: np.ndarray, a: Fields, b: Fields) -> Fields:
+    """Per block: ``a`` where ``take``, else ``b``."""
+    def pick(name: str) -> np.ndarray | None:
+        va, vb = getattr(a, name), getattr(b, name)
+        if va is None:
+            return None
+        m = take.reshape(-1, *([1] * (va.ndim - 1)))
+        return np.where(m, va, vb.astype(va.dtype))
+    names = ("d", "dmin", "sc", "mn", "q") if spec.kind is Kind.SUPER else ("d", "m", "q")
+    return type(a)(*(pick(n) for n in names))
