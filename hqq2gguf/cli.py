@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -15,6 +16,8 @@ from hqq2gguf.errors import Hqq2GgufError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+# --bits N: the recipe the seed documents map each bit width to.
+BITS_RECIPES = {"8": "Q8_0", "6": "Q6_K", "5": "Q5_K_M", "4": "Q4_K_M", "3": "Q3_K_M", "2": "Q2_K", "1": "TQ1_0"}
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -77,16 +80,56 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
                    "pickle files can run code.")
 @click.option("--model-name", default=None, help="Override general.name (and so the output file name).")
 @click.option("--no-check-finite", is_flag=True, help="Do not refuse weights holding NaN/Inf.")
+@click.option("--type", "recipe", default=None, metavar="RECIPE",
+              help="Quantize with llama.cpp's per-tensor types for RECIPE (Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, "
+                   "Q4_K_S, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0), "
+                   "every block chosen by the HQQ solver.")
+@click.option("--bits", type=click.Choice(sorted(BITS_RECIPES)), default=None,
+              help="Shorthand for --type: 8=Q8_0 6=Q6_K 5=Q5_K_M 4=Q4_K_M 3=Q3_K_M 2=Q2_K 1=TQ1_0.")
+@click.option("--output-tensor-type", default=None, metavar="TYPE", help="output.weight's type (as llama-quantize).")
+@click.option("--keep-lm-head-fp16", is_flag=True, help="Same as --output-tensor-type F16.")
+@click.option("--token-embedding-type", default=None, metavar="TYPE", help="token_embd.weight's type.")
+@click.option("--tensor-type", multiple=True, metavar="REGEX=TYPE",
+              help="Type for tensors whose name matches REGEX (repeatable; the first match wins).")
+@click.option("--pure", is_flag=True, help="The recipe's default type everywhere, no mixture rules.")
+@click.option("--leave-output-tensor", is_flag=True, help="Keep output.weight unquantized.")
+@click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama"]), default="llama",
+              show_default=True, help="Element weights of the solver's objective (llama: llama.cpp's per type).")
+@click.option("--solver-iterations", type=click.IntRange(0, 1000), default=None,
+              help="Half-quadratic iterations per block (default: the solver's).")
 @_clean_errors
 def convert(model: Path, output: Path | None, outtype: str, force: bool, allow_requantize: bool,
-            allow_pickle: bool, model_name: str | None, no_check_finite: bool) -> None:
+            allow_pickle: bool, model_name: str | None, no_check_finite: bool, recipe: str | None,
+            bits: str | None, output_tensor_type: str | None, keep_lm_head_fp16: bool,
+            token_embedding_type: str | None, tensor_type: tuple[str, ...], pure: bool, leave_output_tensor: bool,
+            solver_weights: str, solver_iterations: int | None) -> None:
     """Convert MODEL (a Hugging Face directory or an F32/F16/BF16 GGUF) into one GGUF file."""
     from hqq2gguf.convert import convert as run_convert
+    from hqq2gguf.errors import OptionError
+    from hqq2gguf.optimize import SolverConfig, WeightMode
     from hqq2gguf.options import ConvertOptions, OutType
+    from hqq2gguf.recipes import QuantOptions, Recipe
 
+    if recipe is not None and bits is not None:
+        raise OptionError("--type and --bits are exclusive")
+    if keep_lm_head_fp16:
+        if output_tensor_type is not None:
+            raise OptionError("--keep-lm-head-fp16 and --output-tensor-type are exclusive")
+        output_tensor_type = "F16"
+    chosen = recipe or (BITS_RECIPES[bits] if bits else None)
+    solver = SolverConfig(weights=WeightMode(solver_weights))
+    if solver_iterations is not None:
+        solver = dataclasses.replace(solver, iterations=solver_iterations)
     options = ConvertOptions(outtype=OutType(outtype), output=output, force=force,
                              allow_requantize=allow_requantize, allow_pickle=allow_pickle,
-                             model_name=model_name, check_finite=not no_check_finite)
+                             model_name=model_name, check_finite=not no_check_finite,
+                             recipe=Recipe.parse(chosen) if chosen else None,
+                             quant=QuantOptions.from_cli(tensor_type=tensor_type, output_tensor_type=output_tensor_type,
+                                                         token_embedding_type=token_embedding_type, pure=pure,
+                                                         leave_output_tensor=leave_output_tensor),
+                             solver=solver)
+    if options.recipe is None and (options.quant != QuantOptions()):
+        raise OptionError("per-tensor type options need --type (or --bits)")
     result = run_convert(model, options)
     click.echo(f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB, {result.n_tensors} tensors, "
                f"{result.seconds:.1f} s)")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from hqq2gguf.errors import InputError, OutputError
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.plan import PlannedTensor, check_finite, encode
 from hqq2gguf.progress import Progress
+from hqq2gguf.quantize import encode_solved, is_solved
 from hqq2gguf.sources import NameParts, Source, open_source
 from hqq2gguf.write.atomic import atomic_output, check_output_path
 
@@ -92,19 +94,24 @@ def _write_tensors(writer: gguf.GGUFWriter, source: Source, options: ConvertOpti
                 raise InputError("tensor transform disagrees with the plan (internal error)", tensor=step.source)
             for out in step.outputs:
                 name, tensor = results.pop(0)
-                writer.write_tensor_data(_encode(name, tensor, out))
+                writer.write_tensor_data(_encode(name, tensor, out, options))
                 logger.debug("%-40s %-8s -> %-5s %s", name, str(tensor.dtype).removeprefix("torch."),
                              out.out_type.name, list(reversed(out.shape)))
                 del tensor  # memory stays bounded by one tensor: nothing survives into the next step
                 progress.update(out.nbytes, name)
 
 
-def _encode(name: str, tensor: torch.Tensor, out: PlannedTensor) -> np.ndarray:
+def _encode(name: str, tensor: torch.Tensor, out: PlannedTensor, options: ConvertOptions) -> np.ndarray:
+    """Float tensor -> output bytes: the HQQ solver for block types of a recipe, gguf-py's reference
+    encoding otherwise (which keeps --outtype q8_0 identical to llama.cpp's converter)."""
     if tuple(tensor.shape) != out.shape:
         raise InputError(f"shape {tuple(tensor.shape)} differs from the planned {out.shape} (internal error)",
                          tensor=name)
     array = tensor.contiguous().numpy()
-    encoded = encode(name, array, out.out_type)
+    if options.recipe is not None and is_solved(out.out_type):
+        encoded = encode_solved(name, array.astype(np.float32, copy=False), out.out_type, options.solver)
+    else:
+        encoded = encode(name, array, out.out_type)
     if encoded.nbytes != out.nbytes:
         raise InputError(f"encoded {encoded.nbytes} bytes, planned {out.nbytes} (internal error)", tensor=name)
     return encoded
@@ -116,8 +123,15 @@ def _write_provenance(writer: gguf.GGUFWriter, source: Source, options: ConvertO
     types = sorted({out.out_type.name for out in planned})
     writer.add_string(PROVENANCE_PREFIX + "version", __version__)
     writer.add_string(PROVENANCE_PREFIX + "source_format", source.kind)
-    writer.add_string(PROVENANCE_PREFIX + "options", json.dumps(
-        {"outtype": options.outtype.value, "allow_requantize": options.allow_requantize}, sort_keys=True))
+    recorded: dict[str, object] = {"outtype": options.outtype.value, "allow_requantize": options.allow_requantize}
+    if options.recipe is not None:
+        q = options.quant
+        recorded |= {"type": options.recipe.value, "solver": dataclasses.asdict(options.solver),
+                     "pure": q.pure, "leave_output_tensor": q.leave_output_tensor,
+                     "output_tensor_type": q.output_tensor_type.name if q.output_tensor_type else None,
+                     "token_embedding_type": q.token_embedding_type.name if q.token_embedding_type else None,
+                     "tensor_types": [f"{p}={t.name}" for p, t in q.tensor_types]}
+    writer.add_string(PROVENANCE_PREFIX + "options", json.dumps(recorded, sort_keys=True, default=str))
     writer.add_array(PROVENANCE_PREFIX + "tensor_types", types)
     if any(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t]][0] > 1 for t in types):
         writer.add_quantized_by("hqq2gguf")
@@ -131,9 +145,8 @@ def output_path(input_path: Path, options: ConvertOptions, names: NameParts) -> 
                               file=options.output)
         return options.output
     directory = options.output if options.output is not None else Path.cwd()
-    label = options.outtype.label if options.outtype.value != "auto" else "auto"
     stem = gguf.naming_convention(names.name or input_path.stem, names.basename, names.finetune, names.version,
-                                  names.size_label, label)
+                                  names.size_label, options.label)
     # Metadata is not a path: keep one safe file-name component whatever the model card says.
     safe = "".join(c if c.isalnum() or c in "-_.+" else "-" for c in stem).strip(".-") or "model"
     return directory / f"{safe}.gguf"

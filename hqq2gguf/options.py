@@ -9,6 +9,8 @@ from pathlib import Path
 import gguf
 
 from hqq2gguf.errors import OptionError
+from hqq2gguf.optimize.config import SolverConfig
+from hqq2gguf.recipes import QuantOptions, Recipe
 
 
 class OutType(str, Enum):
@@ -52,6 +54,8 @@ class OutType(str, Enum):
 
 @dataclass(frozen=True)
 class ConvertOptions:
+    """Everything that decides the output bytes (and where they go)."""
+
     outtype: OutType = OutType.F16
     output: Path | None = None
     """A file path, an existing directory (file named by the GGUF naming convention), or None (next to
@@ -66,9 +70,27 @@ class ConvertOptions:
     """Override general.name (and so the file name)."""
     check_finite: bool = True
     """Refuse tensors holding NaN or Inf (named in the error)."""
+    recipe: Recipe | None = None
+    """Quantize with llama.cpp's per-tensor types for this recipe (``--type Q4_K_M``), blocks chosen by the
+    HQQ solver. ``outtype`` then only sets the type of the tensors the recipe leaves unquantized."""
+    quant: QuantOptions = QuantOptions()
+    """llama-quantize's per-tensor overrides (--output-tensor-type, --tensor-type, --pure, ...)."""
+    solver: SolverConfig = SolverConfig()
+    """How the HQQ solver searches each block."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.outtype, OutType):
             raise OptionError(f"outtype must be one of {[t.value for t in OutType]}, got {self.outtype!r}")
+        if self.recipe is not None and not isinstance(self.recipe, Recipe):
+            raise OptionError(f"recipe must be one of {[r.value for r in Recipe]}, got {self.recipe!r}")
+        if self.recipe is not None and self.outtype is OutType.Q8_0:
+            raise OptionError("--outtype q8_0 and --type are exclusive: use --type Q8_0")
         if self.model_name is not None and not self.model_name.strip():
             raise OptionError("model name must not be empty")
+
+    @property
+    def label(self) -> str:
+        """The encoding part of the output file name: the recipe (``Q4_K_M``) or the outtype (``F16``)."""
+        if self.recipe is not None:
+            return self.recipe.value
+        return self.outtype.label if self.outtype is not OutType.AUTO else "auto"

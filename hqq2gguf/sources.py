@@ -20,6 +20,7 @@ from hqq2gguf.errors import InputError
 from hqq2gguf.models import Architecture, architecture_for
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.plan import PlannedTensor, PlanStep, meta_like, output_type, working_dtype
+from hqq2gguf.quantize import apply_recipe, hparams_kv
 from hqq2gguf.read.gguf_in import FLOAT_TYPES, PASS_THROUGH_TYPES, GgufInput, open_gguf
 from hqq2gguf.read.hf_dir import HfModel, open_hf_dir
 
@@ -67,6 +68,9 @@ def _hf_source(model: HfModel, options: ConvertOptions) -> Source:
         if name is None:
             continue
         steps.append(_hf_step(arch, name, tensor.load, wanted, dtype=tensor.dtype, shape=tensor.shape))
+
+    if options.recipe is not None:
+        apply_recipe(steps, hparams_kv(arch.arch_name, arch.set_gguf_parameters), options.recipe, options.quant)
 
     def write_metadata(writer: gguf.GGUFWriter, opts: ConvertOptions) -> NameParts:
         return _write_hf_metadata(writer, model, arch, opts, wanted)
@@ -121,7 +125,7 @@ def _write_hf_metadata(writer: gguf.GGUFWriter, model: HfModel, arch: Architectu
     if meta.size_label is None and total > 0:
         meta.size_label = gguf.size_label(total, shared, expert, n_expert)
     meta.set_gguf_meta_model(writer)
-    arch.file_type = _file_type(wanted)
+    arch.file_type = options.recipe.file_type if options.recipe is not None else _file_type(wanted)
     arch.set_gguf_parameters(writer)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     arch.set_vocab(writer)
@@ -156,10 +160,15 @@ def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
                               transform=lambda data, n=name: [(n, data if not data.is_floating_point()
                                                                else data.to(working_dtype(data.dtype)))]))
 
+    if options.recipe is not None:
+        kv = {f.name: f.contents() for f in gin.reader.fields.values() if not f.name.startswith("GGUF.")}
+        apply_recipe(steps, kv, options.recipe, options.quant)
+
     def write_metadata(writer: gguf.GGUFWriter, opts: ConvertOptions) -> NameParts:
         g = gguf.Keys.General
         u32, string = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.STRING
-        overrides = {g.FILE_TYPE: (int(_file_type(wanted)), u32),
+        file_type = opts.recipe.file_type if opts.recipe is not None else _file_type(wanted)
+        overrides = {g.FILE_TYPE: (int(file_type), u32),
                      g.QUANTIZATION_VERSION: (gguf.GGML_QUANT_VERSION, u32)}
         if opts.model_name:
             overrides[g.NAME] = (opts.model_name, string)

@@ -43,6 +43,8 @@ class QuantJob:
     pure: bool = False
     leave_output_tensor: bool = False
     dry_run: bool = False
+    keep_as: str | None = None
+    """Write the quantized file here and keep it (by default it is read back and deleted)."""
 
 
 @dataclass
@@ -105,7 +107,9 @@ def _worker(jobs_path: str, results_path: str) -> None:
     with tempfile.TemporaryDirectory(prefix="llama_quantize_out_") as tmp:
         for i, job in enumerate(json.loads(Path(jobs_path).read_text())):
             log.clear()
-            results.append(_quantize_one(llama_cpp, QuantJob(**job), Path(tmp) / f"out{i}.gguf", log))
+            job = QuantJob(**job)
+            dst = Path(job.keep_as) if job.keep_as else Path(tmp) / f"out{i}.gguf"
+            results.append(_quantize_one(llama_cpp, job, dst, log))
     Path(results_path).write_text(json.dumps(results))
 
 
@@ -142,7 +146,8 @@ def _quantize_one(llama_cpp, job: QuantJob, dst: Path, log: list[str]) -> dict:
         result["types"] = {t.name: int(t.tensor_type) for t in reader.tensors}
         result["file_size"] = dst.stat().st_size
         del reader
-        dst.unlink()
+        if not job.keep_as:
+            dst.unlink()
     return result
 
 
