@@ -25,8 +25,8 @@ class OutType(str, Enum):
     Q8_0 = "q8_0"
     """8-bit blocks of 32 with an fp16 scale, rounded to nearest (llama.cpp's converter Q8_0)."""
     AUTO = "auto"
-    """The input's own precision: BF16 for BF16 checkpoints, else F16 (never silently lossy for F32 input
-    is not promised: use f32 to keep F32 weights exact)."""
+    """The checkpoint's own precision, losslessly: BF16 for BF16 weights, F16 for F16, F32 for F32.
+    (llama.cpp's converter picks F16 for F32 checkpoints, which rounds; this does not.)"""
 
     @property
     def file_type(self) -> gguf.LlamaFileType:
