@@ -18,6 +18,7 @@ import logging
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from hqq2gguf import ggml_ref
-from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig, WeightMode, solve
+from hqq2gguf.optimize import SOLVER_TYPES, Preset, SolverConfig, WeightMode, solve
 from hqq2gguf.qtypes import spec
 
 logger = logging.getLogger("solver_mse")
@@ -37,12 +38,14 @@ SOURCES = {
     REF / "SmolLM2-135M-Instruct.dithered-s1234.F16.gguf":
         ("blk.5.attn_q.weight", "blk.5.ffn_up.weight", "blk.5.ffn_down.weight"),
 }
+_THOROUGH = SolverConfig.preset(Preset.THOROUGH)
 CONFIGS: dict[str, SolverConfig] = {
-    "default": SolverConfig(),  # llama.cpp's weights of the type, p = 0.7
-    "plain-ls": SolverConfig(p=2.0),  # same weights, no shrinkage (alternating least squares)
-    "square": SolverConfig(weights=WeightMode.SQUARE),  # x^2 weights, p = 0.7
-    "unweighted": SolverConfig(weights=WeightMode.NONE),  # w = 1, p = 0.7
-    "strong-shrink": SolverConfig(beta0=3.0),  # llama weights, p = 0.7, shrink from 0.2 steps on
+    "fast": SolverConfig(),  # the default: llama weights, p = 0.7, one extra (full-range) start, <= 4 iterations
+    "thorough": _THOROUGH,  # 5 extra starts, 12 iterations, no early stop
+    "plain-ls": replace(_THOROUGH, p=2.0),  # same weights, no shrinkage (alternating least squares)
+    "square": replace(_THOROUGH, weights=WeightMode.SQUARE),  # x^2 weights, p = 0.7
+    "unweighted": replace(_THOROUGH, weights=WeightMode.NONE),  # w = 1, p = 0.7
+    "strong-shrink": replace(_THOROUGH, beta0=3.0),  # llama weights, p = 0.7, shrink from 0.2 steps on
 }
 OUT = Path(__file__).parent / "results" / "solver_mse"
 TYPE_ORDER = [t.name for t in SOLVER_TYPES]
@@ -54,6 +57,8 @@ def _previous(configs: set[str], types: set[str]) -> list[dict]:
     if not path.exists():
         return []
     old = json.loads(path.read_text())["results"]
+    for r in old:  # before the fast default existed, "default" was today's "thorough"
+        r["config"] = "thorough" if r["config"] == "default" else r["config"]
     return [r for r in old if r["config"] in CONFIGS and not (r["config"] in configs and r["type"] in types)]
 
 
@@ -96,8 +101,10 @@ def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
     names = list(dict.fromkeys(r["config"] for r in results))
     lines = [f"# HQQ solver vs llama.cpp: relative weighted MSE (< 1 = better)\n",
              f"Command: `{meta['command']}`  ", f"Data: {meta['data']}  ", f"Machine: {meta['machine']}\n",
-             "Cell: objective ratio under the config's own weights / plain-MSE ratio / solver weights/s.\n",
-             "| type | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+             "Cell: objective ratio under the config's own weights / plain-MSE ratio / solver weights/s "
+             "(wall clock, whole `solve`). Last column: llama.cpp's own quantizer (ggml_quantize_chunk, 1 thread). "
+             "Columns for configs not named in the command come from earlier runs (their speeds from older code).\n",
+             "| type | " + " | ".join(names) + " | llama.cpp |", "|---|" + "---|" * (len(names) + 1)]
     for t in dict.fromkeys(r["type"] for r in results):
         cells = []
         for n in names:
@@ -106,6 +113,8 @@ def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
                 cells.append("-")
                 continue
             cells.append(f"{r['ratio']:.3f} / {r['mse_ratio']:.3f} / {r['weights_per_s'] / 1e3:.0f}k")
+        llama = [r["llama_weights_per_s"] for r in results if r["type"] == t]
+        cells.append(f"{max(llama) / 1e6:.1f}M" if llama else "-")
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines.append("\nConfigs: " + "; ".join(f"**{n}**: `{c}`" for n, c in CONFIGS.items() if n in names))
     path.write_text("\n".join(lines) + "\n")
@@ -124,7 +133,7 @@ def main(rows: int, types: str, configs: str) -> None:
                        + "  (results of earlier runs for other configs/types are kept)",
             "data": f"first {rows} rows of {', '.join(slices)} (dithered F16 references, seed 1234)",
             "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} threads"}
+                       f"solver threads per SolverConfig.threads (default 1)"}
     for qt in qtypes:
         for name in configs.split(","):
             r = measure(qt, slices, name, CONFIGS[name])

@@ -16,12 +16,13 @@ import torch
 
 from hqq2gguf import ggml_ref
 from hqq2gguf.errors import InputError, OptionError, UnsupportedError
-from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig, WeightMode, element_weights, quantize_tensor, solve
+from hqq2gguf.optimize import SOLVER_TYPES, Preset, SolverConfig, WeightMode, element_weights, quantize_tensor, solve
 from hqq2gguf.qtypes import spec
 
 Q = gguf.GGMLQuantizationType
 ROWS, NE0 = 4, 512
 FAST = SolverConfig(iterations=4)
+THOROUGH = SolverConfig.preset(Preset.THOROUGH)
 
 
 def _data(kind: str, seed: int = 0) -> np.ndarray:
@@ -46,10 +47,10 @@ def _importance() -> np.ndarray:
 
 
 @functools.cache
-def _solved(qtype: Q, kind: str, mode: WeightMode):
+def _solved(qtype: Q, kind: str, mode: WeightMode, preset: Preset = Preset.FAST):
     x = _data(kind)
     imp = _importance() if mode is WeightMode.IMPORTANCE else None
-    cfg = SolverConfig(weights=mode) if mode is WeightMode.LLAMA else SolverConfig(weights=mode, iterations=6)
+    cfg = SolverConfig.preset(preset, weights=mode)
     return x, imp, solve(torch.from_numpy(x), qtype, importance=None if imp is None else torch.from_numpy(imp),
                          config=cfg)
 
@@ -62,14 +63,15 @@ def _objective(qtype: Q, x: np.ndarray, values: np.ndarray, mode: WeightMode, im
     return (w * e * e).reshape(-1, spec(qtype).block_size).sum(1)
 
 
-CASES = ([(t, k, WeightMode.LLAMA) for t in SOLVER_TYPES for k in ("normal", "student_t", "realish")]
-         + [(t, "student_t", m) for t in SOLVER_TYPES
-            for m in (WeightMode.NONE, WeightMode.ABS, WeightMode.SQUARE, WeightMode.IMPORTANCE)])
+CASES = ([(t, k, WeightMode.LLAMA, Preset.FAST) for t in SOLVER_TYPES for k in ("normal", "student_t", "realish")]
+         + [(t, "student_t", m, Preset.FAST) for t in SOLVER_TYPES
+            for m in (WeightMode.NONE, WeightMode.ABS, WeightMode.SQUARE, WeightMode.IMPORTANCE)]
+         + [(t, "realish", WeightMode.LLAMA, Preset.THOROUGH) for t in SOLVER_TYPES])
 
 
-@pytest.mark.parametrize("qtype,kind,mode", CASES, ids=lambda v: getattr(v, "name", str(v)))
-def test_bytes_decode_to_solution_and_never_worse(qtype: Q, kind: str, mode: WeightMode) -> None:
-    x, imp, sol = _solved(qtype, kind, mode)
+@pytest.mark.parametrize("qtype,kind,mode,preset", CASES, ids=lambda v: getattr(v, "name", str(v)))
+def test_bytes_decode_to_solution_and_never_worse(qtype: Q, kind: str, mode: WeightMode, preset: Preset) -> None:
+    x, imp, sol = _solved(qtype, kind, mode, preset)
     blocks = sol.packed()
     assert blocks.shape == (ROWS, ggml_ref.ggml_row_size(qtype, NE0))
     decoded = gguf.quants.dequantize(blocks, qtype).reshape(ROWS, NE0)
@@ -89,12 +91,24 @@ def test_bytes_decode_to_solution_and_never_worse(qtype: Q, kind: str, mode: Wei
 
 @pytest.mark.parametrize("qtype", SOLVER_TYPES, ids=lambda t: t.name)
 def test_deterministic_and_chunk_independent(qtype: Q) -> None:
+    """Same bytes on a rerun, in smaller chunks (the per-block early stop must not see its chunk), and with
+    another torch thread count."""
     x = torch.from_numpy(_data("student_t", seed=3))
     a = quantize_tensor(x, qtype, config=FAST)
     b = quantize_tensor(x.clone(), qtype, config=FAST)
     c = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, chunk_blocks=3))
+    d = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, chunk_blocks=5, threads=2))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(a, d)
+
+
+def test_thorough_preset_is_at_least_as_good_in_total() -> None:
+    """THOROUGH searches a superset of FAST's starts for longer; over a tensor it should not lose."""
+    x = torch.from_numpy(_data("realish", seed=5))
+    for qtype in (Q.Q4_0, Q.Q4_K, Q.Q6_K):
+        fast, thorough = solve(x, qtype), solve(x, qtype, config=THOROUGH)
+        assert thorough.objective.sum() <= fast.objective.sum() * (1 + 1e-6), qtype.name
 
 
 def _hostile_rows() -> np.ndarray:
@@ -126,6 +140,7 @@ def test_hostile_rows_give_finite_valid_blocks(qtype: Q, mode: WeightMode) -> No
 @pytest.mark.parametrize("kwargs", [
     {"p": 0.0}, {"p": 1.5}, {"beta0": -1.0}, {"beta0": float("inf")}, {"kappa": 0.5}, {"iterations": -1},
     {"range_factors": (0.0,)}, {"sub_scale_radius": 9}, {"chunk_blocks": 0}, {"weights": "cubic"},
+    {"patience": -1}, {"threads": -2},
 ])
 def test_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(OptionError):
@@ -135,6 +150,24 @@ def test_config_rejects_bad_values(kwargs: dict) -> None:
 def test_config_accepts_mode_names_and_plain_least_squares() -> None:
     cfg = SolverConfig(weights="square", p=2.0, range_factors=[1, 0.9])
     assert cfg.weights is WeightMode.SQUARE and not cfg.shrinks and cfg.range_factors == (1.0, 0.9)
+
+
+def test_presets() -> None:
+    assert SolverConfig.preset("fast") == SolverConfig()
+    assert THOROUGH.iterations == 12 and THOROUGH.patience == 0 and len(THOROUGH.range_factors) == 5
+    assert SolverConfig.preset("thorough", p=1.0).p == 1.0
+    with pytest.raises(OptionError):
+        SolverConfig.preset("quick")
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_K], ids=lambda t: t.name)
+def test_no_extra_starts_and_no_iterations(qtype: Q) -> None:
+    """llama.cpp's answer alone: zero iterations reproduce it; no extra starts still run."""
+    x = torch.from_numpy(_data("realish"))
+    same = solve(x, qtype, config=SolverConfig(range_factors=(), iterations=0))
+    np.testing.assert_array_equal(same.objective, same.baseline_objective)
+    sol = solve(x, qtype, config=SolverConfig(range_factors=()))
+    assert (sol.objective <= sol.baseline_objective).all() and sol.objective.sum() < sol.baseline_objective.sum()
 
 
 def test_input_errors() -> None:

@@ -2,14 +2,15 @@
 
     from hqq2gguf.optimize import SolverConfig, WeightMode, quantize_tensor, solve
     blocks = quantize_tensor(x, GGMLQuantizationType.Q4_K, config=SolverConfig(weights=WeightMode.SQUARE))
+    blocks = quantize_tensor(x, GGMLQuantizationType.Q4_K, config=SolverConfig.preset("thorough"))
 
 ``quantize_tensor`` returns packed bytes; ``solve`` the fields, decoded values and per-block objectives
 (the oracle the CUDA kernels are tested against).
 """
 
-from hqq2gguf.optimize.config import SolverConfig, WeightMode
+from hqq2gguf.optimize.config import Preset, SolverConfig, WeightMode
 from hqq2gguf.optimize.solver import SOLVER_TYPES, Solution, block_objective, quantize_tensor, solve
 from hqq2gguf.optimize.weights import element_weights
 
-__all__ = ["SOLVER_TYPES", "Solution", "SolverConfig", "WeightMode", "block_objective", "element_weights",
+__all__ = ["SOLVER_TYPES", "Preset", "Solution", "SolverConfig", "WeightMode", "block_objective", "element_weights",
            "quantize_tensor", "solve"]

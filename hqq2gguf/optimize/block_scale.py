@@ -5,7 +5,9 @@ Free: d (and m), snapped to fp16 inside the loop; the codes are the nearest unde
 
 All starts run side by side: rows ``[s*n:(s+1)*n]`` of every working tensor belong to start ``s``; start 0
 is llama.cpp's answer (its exact fields are also the initial "best" of every start, so no block can end
-worse than llama.cpp on the objective).
+worse than llama.cpp on the objective). A block stops iterating after ``cfg.patience`` iterations without
+improving its best (see :class:`~hqq2gguf.optimize.config.SolverConfig`); that test is per block, so the
+result does not depend on how blocks are chunked.
 """
 
 from __future__ import annotations
@@ -13,23 +15,16 @@ from __future__ import annotations
 import torch
 
 from hqq2gguf.optimize.config import SolverConfig
-from hqq2gguf.optimize.core import Grid, fit_affine, fit_scale, fp16, hq_target, keep_better, weighted_sse
+from hqq2gguf.optimize.core import WORK, Grid, fit_affine, fit_scale, fp16, hq_target, weighted_sse
 from hqq2gguf.qtypes import QuantSpec
 
 State = dict[str, torch.Tensor]
 
 
-def exact_decode(grid: Grid, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-    """ggml's float32 reconstruction ``level*d (+ m)`` of codes q (n, B) with fp16-exact d, m (n,)."""
-    lv = grid.levels.to(torch.float32)[q - grid.qmin] if grid.mids is None else grid.levels.to(torch.float32)[q]
-    y = lv * d.to(torch.float32)[:, None]
-    return y if m is None else y + m.to(torch.float32)[:, None]
-
-
 def _starts(spec: QuantSpec, grid: Grid, x: torch.Tensor, cfg: SolverConfig
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial (scale, offset) of every extra start, stacked along axis 0: (n_extra * n,) each."""
-    scales, offsets = [], []
+    scales, offsets = [x.new_empty(0)], [x.new_empty(0)]
     if spec.affine:
         lo, hi = x.min(dim=1).values, x.max(dim=1).values
         r = hi - lo
@@ -50,34 +45,58 @@ def solve_block_scale(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: t
                       cfg: SolverConfig) -> State:
     """Best fields per block: ``{"d", "m" (affine), "q", "obj"}``.
 
-    x, w, wfit: (n, B) float64 (values, objective weights, fitting weights); ``base``: llama.cpp's fields
-    ``d`` (n,), ``m`` (n,) or absent, ``q`` (n, B) int64, and its objective ``obj`` (n,)."""
+    x, w, wfit: (n, B) float32 (values, objective weights, fitting weights); ``base``: llama.cpp's fields
+    ``d`` (n,), ``m`` (n,) or absent, ``q`` (n, B) (codes as float32); its objective is scored here."""
     grid = Grid.of(spec)
     n = x.shape[0]
     s_extra, b_extra = _starts(spec, grid, x, cfg)
     n_starts = 1 + s_extra.shape[0] // max(n, 1)
     xs, ws, wf = x.repeat(n_starts, 1), w.repeat(n_starts, 1), wfit.repeat(n_starts, 1)
     s = torch.cat([base["d"], s_extra])
-    b = torch.cat([base["m"], b_extra]) if spec.affine else torch.zeros_like(s)
-    best = {k: v.repeat(n_starts, *([1] * (v.dim() - 1))) for k, v in base.items()}
+    b = torch.cat([base["m"], b_extra]) if spec.affine else None
+    # best per (start, block); the baseline is scored once and is every start's initial best
+    base_obj = weighted_sse(x, _decode(grid, base["q"], base["d"], base.get("m")), w)
+    best = {k: v.repeat(n_starts, *([1] * (v.dim() - 1))) for k, v in base.items()} | {
+        "obj": base_obj.repeat(n_starts)}
+    idx = torch.arange(xs.shape[0])  # rows still iterating, into the full (start, block) arrays
+    stall = torch.zeros(xs.shape[0], dtype=torch.int64)
     beta, p = cfg.beta0, (cfg.p if cfg.shrinks else None)
     for it in range(cfg.iterations + 1):
         d16 = fp16(s)
         m16 = fp16(b) if spec.affine else None
-        q, lv = grid.codes(xs, d16[:, None], 0.0 if m16 is None else m16[:, None])
-        obj = weighted_sse(xs, exact_decode(grid, q, d16, m16), ws)
-        new = {"d": d16, "q": q, "obj": obj} | ({"m": m16} if spec.affine else {})
-        keep_better(obj < best["obj"], new, best)
+        off = 0.0 if m16 is None else m16[:, None]
+        q, lv = grid.codes(xs, d16[:, None], off)
+        x_hat = d16[:, None] * lv + off
+        obj = weighted_sse(xs, x_hat, ws)
+        better = obj < best["obj"][idx]
+        if bool(better.any()):
+            rows = idx[better]
+            best["obj"][rows], best["d"][rows], best["q"][rows] = obj[better], d16[better], q[better]
+            if spec.affine:
+                best["m"][rows] = m16[better]
         if it == cfg.iterations:
             break
-        off = 0.0 if m16 is None else m16[:, None]
-        t = hq_target(xs, d16[:, None] * lv + off, d16[:, None], p, beta)
+        t = hq_target(xs, x_hat, d16[:, None], p, beta)
         if spec.affine:
             s, b = fit_affine(lv, t, wf, d16, m16)
         else:
             s = fit_scale(lv, t, wf, d16)
         beta *= cfg.kappa
+        if cfg.patience and it > 0:
+            stall = torch.where(better, 0, stall + 1)
+            keep = stall < cfg.patience
+            if not bool(keep.all()):
+                idx, stall, s, xs, ws, wf = idx[keep], stall[keep], s[keep], xs[keep], ws[keep], wf[keep]
+                b = b[keep] if spec.affine else None
+                if idx.numel() == 0:
+                    break
     return _best_of_starts(best, n_starts, n)
+
+
+def _decode(grid: Grid, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+    lv = grid.levels[q.long() - grid.qmin] if grid.mids is None else grid.levels[q.long()]
+    y = lv * d[:, None]
+    return y if m is None else y + m[:, None]
 
 
 def _best_of_starts(best: State, n_starts: int, n: int) -> State:

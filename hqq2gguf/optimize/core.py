@@ -2,7 +2,10 @@
 
 Conventions: a group is the set of elements sharing one effective scale; its reconstruction is
 ``x_hat = scale * level(q) + offset`` (offset = m for Q4_1/Q5_1, -dmin*mn for K-quants, 0 when symmetric).
-Fitting runs in float64; the exact ggml reconstruction is done by the solvers in float32.
+
+Everything runs in float32 (:data:`WORK`): codes and sub-scales are small integers, fp16 super-scales times
+them are exact in float32, so ``scale * level + offset`` is ggml's own float32 reconstruction, bit for bit.
+Objectives are float32 sums here; :func:`hqq2gguf.optimize.solve` re-checks every block in float64.
 """
 
 from __future__ import annotations
@@ -13,27 +16,28 @@ import torch
 
 from hqq2gguf.qtypes import QuantSpec
 
+WORK = torch.float32
 FP16_MAX = 65504.0
-_TINY = 1e-300
+TINY = 1e-30
 
 
 @dataclass(frozen=True)
 class Grid:
-    """The code range of one type: levels (float64, indexed by q - qmin) and how q maps to a level."""
+    """The code range of one type: levels (float32, indexed by q - qmin) and how q maps to a level."""
 
     qmin: int
     qmax: int
-    levels: torch.Tensor  # (n_levels,) float64, level of code qmin + i (codebook types: index i)
+    levels: torch.Tensor  # (n_levels,) float32, level of code qmin + i (codebook types: index i)
     mids: torch.Tensor | None  # codebook types: midpoints between sorted levels (for nearest search)
 
     @classmethod
     def of(cls, spec: QuantSpec) -> Grid:
         if spec.codebook is not None:
-            lv = torch.tensor(spec.codebook, dtype=torch.float64)
+            lv = torch.tensor(spec.codebook, dtype=WORK)
             if not bool((lv[1:] > lv[:-1]).all()):  # a bug in the table, not user input
                 raise RuntimeError(f"{spec.name}: codebook must be increasing")
             return cls(spec.qmin, spec.qmax, lv, (lv[1:] + lv[:-1]) / 2)
-        return cls(spec.qmin, spec.qmax, torch.arange(spec.qmin, spec.qmax + 1, dtype=torch.float64), None)
+        return cls(spec.qmin, spec.qmax, torch.arange(spec.qmin, spec.qmax + 1, dtype=WORK), None)
 
     @property
     def lo(self) -> float:
@@ -45,45 +49,47 @@ class Grid:
 
     def codes(self, x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | float
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest code of every element: (q as the format stores it, int64; its level, float64).
+        """Nearest code of every element: (q as the format stores it, as float32; its level, float32).
 
-        ``scale``/``offset`` broadcast against ``x``; a zero scale gives the level nearest 0."""
-        nz = scale != 0
-        v = torch.where(nz, (x - offset) / torch.where(nz, scale, 1.0), 0.0)
+        For non-codebook types both are the same tensor. ``scale``/``offset`` broadcast against ``x``;
+        a zero scale gives the level nearest 0."""
+        inv_scale = torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, 1.0), 0.0)
+        v = (x - offset) * inv_scale if isinstance(offset, torch.Tensor) else x * inv_scale
         if self.mids is None:
-            q = v.round().clamp(self.qmin, self.qmax)
-            return q.to(torch.int64), q
+            q = v.round_().clamp_(self.qmin, self.qmax)
+            return q, q
         idx = torch.searchsorted(self.mids, v.contiguous())
-        return idx, self.levels[idx]
+        return idx.to(WORK), self.levels[idx]
 
 
 def fp16(v: torch.Tensor) -> torch.Tensor:
-    """The nearest fp16 value (saturated at +-65504), back as float64."""
-    return v.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).to(torch.float64)
-
-
-def shrink(u: torch.Tensor, p: float, beta: float) -> torch.Tensor:
-    """lp proximal step of HQQ: ``sign(u) * relu(|u| - |u|**(p-1) / beta)`` (soft threshold at p = 1)."""
-    a = u.abs()
-    return torch.sign(u) * torch.relu(a - a.clamp_min(1e-12).pow(p - 1.0) / beta)
+    """The nearest fp16 value (saturated at +-65504), back as float32."""
+    return v.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).to(WORK)
 
 
 def hq_target(x: torch.Tensor, x_hat: torch.Tensor, step: torch.Tensor, p: float | None, beta: float
               ) -> torch.Tensor:
     """What the free parameters are refit to: ``x - W_e``, W_e the shrunk error in quantization steps.
 
-    ``p`` None: no shrinkage (the target is x itself)."""
+    Shrinkage is HQQ's lp proximal step ``sign(u) * relu(|u| - |u|**(p-1) / beta)`` on u = error / step
+    (soft threshold at p = 1). ``p`` None: no shrinkage (the target is x itself)."""
     if p is None:
         return x
-    step = step.abs().clamp_min(_TINY)
-    return x - shrink((x - x_hat) / step, p, beta) * step
+    # x - sign(u)*relu(|u| - |u|**(p-1)/beta)*step == x - e*relu(1 - |u|**(p-2)/beta), u = e/step; the
+    # 1/beta is folded into u: |u|**(p-2)/beta == (|u|*c)**(p-2) with c = beta**(1/(2-p))
+    c = beta ** (1.0 / (2.0 - p))
+    e = x - x_hat
+    inv = c / step.abs().clamp_min(TINY)
+    f = (e.abs() * inv).clamp_min_(1e-12).pow_(p - 2.0)
+    return x - e * f.neg_().add_(1.0).clamp_min_(0.0)
 
 
 def fit_scale(lv: torch.Tensor, t: torch.Tensor, w: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """Weighted least-squares scale of ``t ~ s * lv`` over the last axis; ``prev`` where degenerate."""
-    den = (w * lv * lv).sum(-1)
-    num = (w * lv * t).sum(-1)
-    ok = den > _TINY
+    wl = w * lv
+    den = (wl * lv).sum(-1)
+    num = (wl * t).sum(-1)
+    ok = den > TINY
     return torch.where(ok, num / torch.where(ok, den, 1.0), prev)
 
 
@@ -92,16 +98,17 @@ def fit_affine(lv: torch.Tensor, t: torch.Tensor, w: torch.Tensor, prev_s: torch
     """Weighted least squares of ``t ~ s * lv + b`` over the last axis (the 2x2 normal equations).
 
     Constraints (K-quants): ``b <= 0`` refits s with b = 0; ``s >= 0`` keeps the previous pair."""
-    sw, sl, st = w.sum(-1), (w * lv).sum(-1), (w * t).sum(-1)
-    sll, slt = (w * lv * lv).sum(-1), (w * lv * t).sum(-1)
+    wl = w * lv
+    sw, sl, st = w.sum(-1), wl.sum(-1), (w * t).sum(-1)
+    sll, slt = (wl * lv).sum(-1), (wl * t).sum(-1)
     det = sll * sw - sl * sl
-    ok = det > 1e-9 * (sll * sw).clamp_min(_TINY)
+    ok = det > 1e-6 * (sll * sw).clamp_min(TINY)
     safe = torch.where(ok, det, 1.0)
     s = torch.where(ok, (slt * sw - sl * st) / safe, prev_s)
     b = torch.where(ok, (sll * st - sl * slt) / safe, prev_b)
     if offset_nonpos:
         pos = b > 0
-        s = torch.where(pos, torch.where(sll > _TINY, slt / torch.where(sll > _TINY, sll, 1.0), prev_s), s)
+        s = torch.where(pos, torch.where(sll > TINY, slt / torch.where(sll > TINY, sll, 1.0), prev_s), s)
         b = torch.where(pos, torch.zeros_like(b), b)
     if scale_nonneg:
         bad = s < 0
@@ -111,13 +118,15 @@ def fit_affine(lv: torch.Tensor, t: torch.Tensor, w: torch.Tensor, prev_s: torch
 
 
 def weighted_sse(x: torch.Tensor, x_hat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``sum w * (x - x_hat)**2`` over the last axis, float64."""
-    e = x - x_hat.to(torch.float64)
-    return (w * e * e).sum(-1)
+    """``sum w * (x - x_hat)**2`` over the last axis."""
+    e = x - x_hat
+    return (e.mul_(e).mul_(w)).sum(-1)
 
 
 def keep_better(better: torch.Tensor, new: dict[str, torch.Tensor], best: dict[str, torch.Tensor]) -> None:
     """In place: every tensor of ``best`` takes ``new``'s rows where ``better`` (axis 0) is set."""
+    if not bool(better.any()):
+        return
     for k, v in new.items():
         m = better.reshape(-1, *([1] * (v.dim() - 1)))
         best[k] = torch.where(m, v, best[k])
