@@ -1,0 +1,207 @@
+"""Quality at identical bytes: quantize a dithered F16 reference with llama.cpp's quantizer, recipe by
+recipe, and measure KL-divergence / top-1 agreement / PPL against that reference (llama-perplexity's
+method, hqq2gguf.runtime.evaluate) on the first N x 512-token chunks of wiki.test.raw.
+
+Writes ``<out>/quality_<name>.json`` (every number, the command, seed, chunks, machine, versions) and
+``<out>/quality_<name>.md`` (one column group per quantizer: llama.cpp now, hqq2gguf later, and the
+KLD ratio hqq2gguf / llama.cpp). The JSON is rewritten after every recipe, so a long run can be stopped.
+
+    python benchmarks/quality.py /work/models/ref/SmolLM2-135M-Instruct.dithered-s1234.F16.gguf \
+        --name smollm2 --chunks 40
+    python benchmarks/quality.py /work/models/ref/Qwen2.5-Coder-1.5B-Instruct.dithered-s1234.F16.gguf \
+        --name qwen2.5-coder-1.5b --chunks 20
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+import gguf
+import numpy as np
+
+from hqq2gguf.runtime.evaluate import EvalResult, evaluate, reference_cache
+
+logger = logging.getLogger("quality")
+
+DEFAULT_RECIPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_NL", "Q4_0", "Q3_K_M", "Q2_K")
+DEFAULT_CORPUS = Path("/work/shared/eval/wiki.test.raw")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUANTIZERS = ("llama.cpp", "hqq2gguf")  # table column groups, in order; ratio = hqq2gguf / llama.cpp
+
+# llama.cpp baselines published in shared/eval/README.md (no imatrix, same dithered seed-1234 reference):
+# recipe -> (bytes, mean KLD, top-1 %). SmolLM2: 40 chunks; Qwen: 20 chunks.
+PUBLISHED = {
+    "smollm2": {
+        "ppl_ref": 29.59,
+        "Q8_0": (144_811_072, 0.00542, 94.9), "Q6_K": (138_382_912, 0.0122, 93.0),
+        "Q5_K_M": (112_103_488, 0.0531, 85.7), "Q4_K_M": (105_454_144, 0.0728, 83.6),
+        "IQ4_NL": (92_058_688, 0.253, 70.3), "Q4_0": (91_726_912, 0.431, 63.4),
+        "Q3_K_M": (93_510_208, 0.250, 71.8), "Q2_K": (88_201_792, 0.551, 59.1),
+    },
+    "qwen2.5-coder-1.5b": {
+        "ppl_ref": 20.74,
+        "Q8_0": (None, 0.00167, 98.0), "Q6_K": (None, 0.0118, 94.3), "Q5_K_M": (None, 0.0217, 92.5),
+        "Q4_K_M": (None, 0.0533, 88.5), "IQ4_NL": (None, 0.0715, 87.2), "Q4_0": (None, 0.112, 82.8),
+        "Q3_K_M": (None, 0.150, 80.4), "Q2_K": (None, 0.554, 63.9),
+    },
+}
+
+
+def llama_cpp_quantize(src: Path, dst: Path, recipe: str, n_threads: int) -> float:
+    """Quantize ``src`` to ``dst`` with llama.cpp's own quantizer (no imatrix); returns wall seconds."""
+    import llama_cpp
+
+    try:
+        ftype = gguf.LlamaFileType[f"MOSTLY_{recipe}"]
+    except KeyError:
+        raise click.BadParameter(f"unknown recipe {recipe!r} (not a gguf.LlamaFileType MOSTLY_* name)") from None
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(ftype)
+    params.nthread = n_threads
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize {src} -> {dst} ({recipe}) returned {rc}")
+    return time.perf_counter() - t0
+
+
+def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int) -> float:
+    """Quantize ``src`` to ``dst`` with hqq2gguf --type RECIPE (default solver); returns wall seconds."""
+    from hqq2gguf.convert import convert
+    from hqq2gguf.options import ConvertOptions
+    from hqq2gguf.recipes import Recipe
+
+    del n_threads  # the solver uses one thread per tensor
+    t0 = time.perf_counter()
+    convert(src, ConvertOptions(recipe=Recipe.parse(recipe), output=dst, force=True))
+    return time.perf_counter() - t0
+
+
+QUANTIZERS = {"llama.cpp": llama_cpp_quantize, "hqq2gguf": hqq2gguf_quantize}
+
+
+def machine() -> dict:
+    import llama_cpp
+
+    return {
+        "host": platform.node(), "platform": platform.platform(), "processor": platform.processor(),
+        "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "llama_cpp_python": llama_cpp.__version__, "gguf": getattr(gguf, "__version__", "?"),
+        "numpy": np.__version__,
+    }
+
+
+def row(recipe: str, quantizer: str, path: Path, quant_seconds: float, result: EvalResult) -> dict:
+    return {"recipe": recipe, "quantizer": quantizer, "file": str(path), "bytes": path.stat().st_size,
+            "quant_seconds": round(quant_seconds, 2), **result.to_dict()}
+
+
+def render_markdown(doc: dict) -> str:
+    """The results table: one row per recipe, a column group per quantizer, the KLD ratio, and the
+    published llama.cpp numbers of shared/eval/README.md when the model is one of the dev models."""
+    rows = doc["rows"]
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    by = {(r["recipe"], r["quantizer"]): r for r in rows}
+    pub = PUBLISHED.get(doc["name"], {})
+    head = ["recipe"]
+    for q in QUANTIZERS:
+        head += [f"{q} bytes", f"{q} mean KLD", f"{q} KLD p99", f"{q} top-1", f"{q} PPL"]
+    head += ["KLD ratio hqq2gguf/llama.cpp"]
+    if pub:
+        head += ["README bytes", "README KLD", "README top-1"]
+    lines = [f"# Quality vs the dithered F16 reference: {doc['name']}", "",
+             f"Reference `{doc['reference']}` (dither seed {doc['dither_seed']}); corpus `{doc['corpus']}`, "
+             f"first {doc['n_chunks']} chunks x {doc['n_ctx']} tokens, second halves scored "
+             f"({doc.get('n_tokens_scored', '?')} tokens); method: llama-perplexity --kl-divergence "
+             f"(hqq2gguf.runtime.evaluate). Reference PPL {doc.get('ppl_ref', float('nan')):.4f}"
+             + (f" (README: {pub['ppl_ref']})" if pub else "") + ".", "",
+             f"Command: `{doc['command']}`", "",
+             f"Machine: {doc['machine']['processor'] or doc['machine']['platform']}, "
+             f"{doc['machine']['cpu_count']} CPUs, {doc['n_threads']} threads; llama-cpp-python "
+             f"{doc['machine']['llama_cpp_python']}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for recipe in recipes:
+        cells = [recipe]
+        for q in QUANTIZERS:
+            r = by.get((recipe, q))
+            cells += ([f"{r['bytes']:,}", f"{r['kld_mean']:.5f} ± {r['kld_unc']:.5f}", f"{r['kld_p99']:.4f}",
+                       f"{100 * r['same_top']:.1f}%", f"{r['ppl']:.3f}"] if r else [""] * 5)
+        a, b = by.get((recipe, "llama.cpp")), by.get((recipe, "hqq2gguf"))
+        cells.append(f"{b['kld_mean'] / a['kld_mean']:.3f}" if a and b else "")
+        if pub:
+            p = pub.get(recipe)
+            cells += ([f"{p[0]:,}" if p[0] else "", f"{p[1]}", f"{p[2]}%"] if p else ["", "", ""])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Times (s): " + ", ".join(
+        f"{r['recipe']}/{r['quantizer']}: quantize {r['quant_seconds']:.1f}, eval {r['test_seconds']:.1f}"
+        for r in rows), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"quality_{doc['name']}.json", out_dir / f"quality_{doc['name']}.md"
+    js.write_text(json.dumps(doc, indent=1) + "\n")
+    md.write_text(render_markdown(doc))
+    return js, md
+
+
+@click.command()
+@click.argument("reference", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="results name, e.g. smollm2 (also selects the README's numbers)")
+@click.option("--recipes", default=",".join(DEFAULT_RECIPES), show_default=True, help="comma-separated")
+@click.option("--chunks", "n_chunks", type=int, default=40, show_default=True)
+@click.option("--ctx", "n_ctx", type=int, default=512, show_default=True)
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_CORPUS)
+@click.option("--threads", "n_threads", type=int, default=os.cpu_count(), show_default=True)
+@click.option("--dither-seed", type=int, default=1234, show_default=True, help="recorded: the reference's seed")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("/work/models/quality"),
+              show_default=True, help="quantized files and the reference log-prob cache (outside the repo)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
+@click.option("--quantizers", default="llama.cpp,hqq2gguf", show_default=True,
+              help="comma-separated: llama.cpp, hqq2gguf (same reference, recipe, chunks)")
+def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, corpus: Path, n_threads: int,
+         dither_seed: int, workdir: Path, out_dir: Path, quantizers: str) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    text = corpus.read_bytes()
+    cache = workdir / f"{reference.stem}.c{n_ctx}.n{n_chunks}.logits"
+    doc = {"name": name, "reference": str(reference), "dither_seed": dither_seed, "corpus": str(corpus),
+           "n_ctx": n_ctx, "n_chunks": n_chunks, "n_threads": n_threads,
+           "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "rows": []}
+    _, ref_ppl = reference_cache(reference, text, cache, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads)
+    doc.update(ppl_ref=ref_ppl.ppl, ppl_ref_unc=ref_ppl.ppl_unc, ref_eval_seconds=ref_ppl.seconds,
+               n_tokens_scored=ref_ppl.n_tokens_scored)
+    logger.info("reference PPL %.4f ± %.4f (%d tokens scored)", ref_ppl.ppl, ref_ppl.ppl_unc, ref_ppl.n_tokens_scored)
+    chosen = [q.strip() for q in quantizers.split(",") if q.strip()]
+    unknown = sorted(set(chosen) - set(QUANTIZERS))
+    if unknown:
+        raise click.BadParameter(f"unknown quantizers {unknown} (known: {sorted(QUANTIZERS)})")
+    for recipe, quantizer in [(r.strip(), q) for r in recipes.split(",") if r.strip() for q in chosen]:
+        dst = workdir / f"{reference.stem}.{quantizer}.{recipe}.gguf"
+        logger.info("quantizing %s with %s -> %s", recipe, quantizer, dst)
+        quant_seconds = QUANTIZERS[quantizer](reference, dst, recipe, n_threads)
+        result = evaluate(dst, reference, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,
+                          ref_cache=cache)
+        doc["rows"].append(row(recipe, quantizer, dst, quant_seconds, result))
+        logger.info("%s: %d bytes, KLD %.5f, top-1 %.1f%%, PPL %.3f (quantize %.1f s, eval %.1f s)", recipe,
+                    dst.stat().st_size, result.kld_mean, 100 * result.same_top, result.ppl, quant_seconds,
+                    result.test_seconds)
+        write_outputs(doc, out_dir)
+    doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    js, md = write_outputs(doc, out_dir)
+    click.echo(f"wrote {js} and {md}")
+
+
+if __name__ == "__main__":
+    main()
