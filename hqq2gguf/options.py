@@ -29,27 +29,33 @@ class OutType(str, Enum):
     (llama.cpp's converter picks F16 for F32 checkpoints, which rounds; this does not.)"""
 
     @property
-    def file_type(self) -> gguf.LlamaFileType:
-        return {
-            OutType.F32: gguf.LlamaFileType.ALL_F32,
-            OutType.F16: gguf.LlamaFileType.MOSTLY_F16,
-            OutType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
-            OutType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
-        }[self]
+    def tensor_type(self) -> gguf.GGMLQuantizationType:
+        """The ggml type of the weight matrices (not defined for AUTO, which depends on the input)."""
+        return _OUTTYPE_TENSOR_TYPE[self]
 
     @property
-    def tensor_type(self) -> gguf.GGMLQuantizationType:
-        return {
-            OutType.F32: gguf.GGMLQuantizationType.F32,
-            OutType.F16: gguf.GGMLQuantizationType.F16,
-            OutType.BF16: gguf.GGMLQuantizationType.BF16,
-            OutType.Q8_0: gguf.GGMLQuantizationType.Q8_0,
-        }[self]
+    def file_type(self) -> gguf.LlamaFileType:
+        return FILE_TYPES[self.tensor_type]
 
     @property
     def label(self) -> str:
         """The encoding part of the file name (``F16``, ``Q8_0`` ...), as llama.cpp names it."""
         return self.file_type.name.partition("_")[2]
+
+
+_OUTTYPE_TENSOR_TYPE = {
+    OutType.F32: gguf.GGMLQuantizationType.F32,
+    OutType.F16: gguf.GGMLQuantizationType.F16,
+    OutType.BF16: gguf.GGMLQuantizationType.BF16,
+    OutType.Q8_0: gguf.GGMLQuantizationType.Q8_0,
+}
+# general.file_type of an unquantized conversion whose weight matrices have this type.
+FILE_TYPES = {
+    gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
+    gguf.GGMLQuantizationType.F16: gguf.LlamaFileType.MOSTLY_F16,
+    gguf.GGMLQuantizationType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+    gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+}
 
 
 @dataclass(frozen=True)

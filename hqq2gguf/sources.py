@@ -18,7 +18,7 @@ import torch
 
 from hqq2gguf.errors import InputError
 from hqq2gguf.models import Architecture, architecture_for
-from hqq2gguf.options import ConvertOptions
+from hqq2gguf.options import FILE_TYPES, ConvertOptions, OutType
 from hqq2gguf.plan import PlannedTensor, PlanStep, meta_like, output_type, working_dtype
 from hqq2gguf.quantize import apply_recipe, hparams_kv
 from hqq2gguf.read.gguf_in import FLOAT_TYPES, PASS_THROUGH_TYPES, GgufInput, open_gguf
@@ -79,8 +79,6 @@ def _hf_source(model: HfModel, options: ConvertOptions) -> Source:
 
 
 def _wanted_type(model: HfModel, options: ConvertOptions) -> gguf.GGMLQuantizationType:
-    from hqq2gguf.options import OutType
-
     if options.outtype is not OutType.AUTO:
         return options.outtype.tensor_type
     for tensor in model.tensors.values():  # lossless choice from the first matrix's dtype
@@ -125,18 +123,11 @@ def _write_hf_metadata(writer: gguf.GGUFWriter, model: HfModel, arch: Architectu
     if meta.size_label is None and total > 0:
         meta.size_label = gguf.size_label(total, shared, expert, n_expert)
     meta.set_gguf_meta_model(writer)
-    arch.file_type = options.recipe.file_type if options.recipe is not None else _file_type(wanted)
+    arch.file_type = options.recipe.file_type if options.recipe is not None else FILE_TYPES[wanted]
     arch.set_gguf_parameters(writer)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     arch.set_vocab(writer)
     return NameParts(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label)
-
-
-def _file_type(qtype: gguf.GGMLQuantizationType) -> gguf.LlamaFileType:
-    return {gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
-            gguf.GGMLQuantizationType.F16: gguf.LlamaFileType.MOSTLY_F16,
-            gguf.GGMLQuantizationType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
-            gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
 
 
 # --- GGUF file --------------------------------------------------------------------------------------
@@ -167,7 +158,7 @@ def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
     def write_metadata(writer: gguf.GGUFWriter, opts: ConvertOptions) -> NameParts:
         g = gguf.Keys.General
         u32, string = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.STRING
-        file_type = opts.recipe.file_type if opts.recipe is not None else _file_type(wanted)
+        file_type = opts.recipe.file_type if opts.recipe is not None else FILE_TYPES[wanted]
         overrides = {g.FILE_TYPE: (int(file_type), u32),
                      g.QUANTIZATION_VERSION: (gguf.GGML_QUANT_VERSION, u32)}
         if opts.model_name:
@@ -180,8 +171,6 @@ def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
 
 
 def _gguf_wanted_type(gin: GgufInput, options: ConvertOptions) -> gguf.GGMLQuantizationType:
-    from hqq2gguf.options import OutType
-
     if options.outtype is not OutType.AUTO:
         return options.outtype.tensor_type
     for name, qtype in gin.source_types.items():
