@@ -99,7 +99,7 @@ def measure(qtype: gguf.GGMLQuantizationType, slices: dict[str, np.ndarray], nam
 
 def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
     names = list(dict.fromkeys(r["config"] for r in results))
-    lines = [f"# HQQ solver vs llama.cpp: relative weighted MSE (< 1 = better)\n",
+    lines = ["# HQQ solver vs llama.cpp: relative weighted MSE (< 1 = better)\n",
              f"Command: `{meta['command']}`  ", f"Data: {meta['data']}  ", f"Machine: {meta['machine']}\n",
              "Cell: objective ratio under the config's own weights / plain-MSE ratio / solver weights/s "
              "(wall clock, whole `solve`). Last column: llama.cpp's own quantizer (ggml_quantize_chunk, 1 thread). "

@@ -256,7 +256,7 @@ def _perturb_norms(model: torch.nn.Module) -> None:
     conversion bugs such as a missing Gemma ``+1`` shift or a dropped bias."""
     gen = torch.Generator().manual_seed(SEED + 1)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for _name, param in model.named_parameters():
             if param.ndim == 1:
                 param.add_(0.1 * torch.randn(param.shape, generator=gen))
 

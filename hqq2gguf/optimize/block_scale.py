@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from hqq2gguf.optimize.config import SolverConfig
-from hqq2gguf.optimize.core import WORK, Grid, fit_affine, fit_scale, fp16, hq_target, weighted_sse
+from hqq2gguf.optimize.core import Grid, fit_affine, fit_scale, fp16, hq_target, weighted_sse
 from hqq2gguf.qtypes import QuantSpec
 
 State = dict[str, torch.Tensor]
