@@ -75,15 +75,17 @@ def llama_cpp_quantize(src: Path, dst: Path, recipe: str, n_threads: int) -> flo
     return time.perf_counter() - t0
 
 
-def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int) -> float:
-    """Quantize ``src`` to ``dst`` with hqq2gguf --type RECIPE (default solver); returns wall seconds."""
+def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_weights: str = "llama") -> float:
+    """Quantize ``src`` to ``dst`` with hqq2gguf --type RECIPE; returns wall seconds."""
     from hqq2gguf.convert import convert
+    from hqq2gguf.optimize import SolverConfig, WeightMode
     from hqq2gguf.options import ConvertOptions
     from hqq2gguf.recipes import Recipe
 
     del n_threads  # the solver uses one thread per tensor
     t0 = time.perf_counter()
-    convert(src, ConvertOptions(recipe=Recipe.parse(recipe), output=dst, force=True))
+    convert(src, ConvertOptions(recipe=Recipe.parse(recipe), output=dst, force=True,
+                                solver=SolverConfig(weights=WeightMode(solver_weights))))
     return time.perf_counter() - t0
 
 
@@ -170,13 +172,15 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
 @click.option("--quantizers", default="llama.cpp,hqq2gguf", show_default=True,
               help="comma-separated: llama.cpp, hqq2gguf (same reference, recipe, chunks)")
+@click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama"]), default="llama",
+              show_default=True, help="hqq2gguf's objective weights (recorded in the results)")
 def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, corpus: Path, n_threads: int,
-         dither_seed: int, workdir: Path, out_dir: Path, quantizers: str) -> None:
+         dither_seed: int, workdir: Path, out_dir: Path, quantizers: str, solver_weights: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     text = corpus.read_bytes()
     cache = workdir / f"{reference.stem}.c{n_ctx}.n{n_chunks}.logits"
     doc = {"name": name, "reference": str(reference), "dither_seed": dither_seed, "corpus": str(corpus),
-           "n_ctx": n_ctx, "n_chunks": n_chunks, "n_threads": n_threads,
+           "n_ctx": n_ctx, "n_chunks": n_chunks, "n_threads": n_threads, "solver_weights": solver_weights,
            "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "rows": []}
     _, ref_ppl = reference_cache(reference, text, cache, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads)
@@ -190,7 +194,10 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
     for recipe, quantizer in [(r.strip(), q) for r in recipes.split(",") if r.strip() for q in chosen]:
         dst = workdir / f"{reference.stem}.{quantizer}.{recipe}.gguf"
         logger.info("quantizing %s with %s -> %s", recipe, quantizer, dst)
-        quant_seconds = QUANTIZERS[quantizer](reference, dst, recipe, n_threads)
+        if quantizer == "hqq2gguf":
+            quant_seconds = hqq2gguf_quantize(reference, dst, recipe, n_threads, solver_weights)
+        else:
+            quant_seconds = QUANTIZERS[quantizer](reference, dst, recipe, n_threads)
         result = evaluate(dst, reference, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,
                           ref_cache=cache)
         doc["rows"].append(row(recipe, quantizer, dst, quant_seconds, result))

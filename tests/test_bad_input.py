@@ -217,3 +217,24 @@ def test_interrupt_mid_write_leaves_nothing(model: Path, tmp_path: Path, sig: si
     assert proc.returncode == 130, output
     assert "Traceback" not in output
     assert list(out.iterdir()) == []
+
+
+def test_disk_full_mid_write_leaves_nothing(model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC after the first tensor: a one-line error and neither the output nor the temporary file."""
+    import errno
+
+    import gguf
+
+    real_write = gguf.GGUFWriter.write_tensor_data
+    calls = {"n": 0}
+
+    def write_then_fail(self, tensor, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, tensor, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", write_then_fail)
+    code, output = convert(model, tmp_path / "out")
+    assert_clean_failure(code, output, tmp_path / "out", "m.gguf", "no space left on device")
+    assert calls["n"] == 2
