@@ -40,7 +40,7 @@ def compare_logits(hf_dir: Path, gguf_path: Path) -> tuple[float, float, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokens = AutoTokenizer.from_pretrained(hf_dir).encode(CHECK_TEXT)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         reference = model(torch.tensor([tokens])).logits[0].numpy()
     ours = eval_logits(load_model(gguf_path, n_ctx=128), tokens)
