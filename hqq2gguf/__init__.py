@@ -11,3 +11,6 @@ The data flow is visible in the layout and imports only point forward:
 """
 
 __version__ = "0.1.0"
+
+# Our own metadata keys (docs/metadata.md) start with this.
+PROVENANCE_PREFIX = "hqq2gguf."

@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 import torch
 
-from hqq2gguf import __version__
+from hqq2gguf import PROVENANCE_PREFIX, __version__
 from hqq2gguf.errors import InputError, OutputError
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.plan import PlannedTensor, check_finite, encode
@@ -30,9 +30,6 @@ from hqq2gguf.sources import NameParts, Source, open_source
 from hqq2gguf.write.atomic import atomic_output, check_output_path
 
 logger = logging.getLogger(__name__)
-
-PROVENANCE_PREFIX = "hqq2gguf."
-
 
 @dataclass(frozen=True)
 class ConvertResult:
@@ -109,7 +106,7 @@ def _encode(name: str, tensor: torch.Tensor, out: PlannedTensor, options: Conver
                          tensor=name)
     array = tensor.contiguous().numpy()
     if options.recipe is not None and is_solved(out.out_type):
-        encoded = encode_solved(name, array.astype(np.float32, copy=False), out.out_type, options.solver)
+        encoded = encode_solved(name, array, out.out_type, options.solver)
     else:
         encoded = encode(name, array, out.out_type)
     if encoded.nbytes != out.nbytes:

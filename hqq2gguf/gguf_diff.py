@@ -22,9 +22,11 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
+from hqq2gguf import PROVENANCE_PREFIX
+
 # general.quantized_by: we name ourselves on quantized outputs (Q8_0 and below); llama.cpp's converter
 # writes no such key. An intended difference, documented in docs/metadata.md.
-IGNORED_PREFIXES = ("hqq2gguf.", "general.quantized_by")
+IGNORED_PREFIXES = (PROVENANCE_PREFIX, "general.quantized_by")
 MAX_ELEMENT_DIFFS = 5
 
 _SCALARS = {  # value type -> struct format (little endian)

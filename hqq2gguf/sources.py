@@ -11,7 +11,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import gguf
 import torch
@@ -61,7 +61,8 @@ def open_source(path: Path, options: ConvertOptions) -> Source:
 
 def _hf_source(model: HfModel, options: ConvertOptions) -> Source:
     arch = architecture_for(model.config, model.path)
-    wanted = _wanted_type(model, options)
+    wanted = _wanted_type(options, (_LOSSLESS.get(t.dtype, gguf.GGMLQuantizationType.F32)
+                                    for t in model.tensors.values() if len(t.shape) >= 2))
     steps = [_hf_step(arch, name, load, wanted, generated=True) for name, load in arch.extra_tensors()]
     for hf_name, tensor in model.tensors.items():
         name = arch.filter_tensor(hf_name)
@@ -78,14 +79,20 @@ def _hf_source(model: HfModel, options: ConvertOptions) -> Source:
     return Source("hf", model.path, arch.arch_name, steps, write_metadata)
 
 
-def _wanted_type(model: HfModel, options: ConvertOptions) -> gguf.GGMLQuantizationType:
+_LOSSLESS = {torch.bfloat16: gguf.GGMLQuantizationType.BF16, torch.float16: gguf.GGMLQuantizationType.F16}
+
+
+def _wanted_type(options: ConvertOptions,
+                 matrix_types: Iterator[gguf.GGMLQuantizationType]) -> gguf.GGMLQuantizationType:
+    """The requested weight type; for ``auto`` the input's own (lossless): the first matrix's type."""
     if options.outtype is not OutType.AUTO:
         return options.outtype.tensor_type
-    for tensor in model.tensors.values():  # lossless choice from the first matrix's dtype
-        if len(tensor.shape) >= 2:
-            return {torch.bfloat16: gguf.GGMLQuantizationType.BF16, torch.float16: gguf.GGMLQuantizationType.F16}.get(
-                tensor.dtype, gguf.GGMLQuantizationType.F32)
-    return gguf.GGMLQuantizationType.F16
+    return next(matrix_types, gguf.GGMLQuantizationType.F16)
+
+
+def _file_type(options: ConvertOptions, wanted: gguf.GGMLQuantizationType) -> gguf.LlamaFileType:
+    """general.file_type: the recipe's, or that of a plain conversion to ``wanted``."""
+    return options.recipe.file_type if options.recipe is not None else FILE_TYPES[wanted]
 
 
 def _bid(name: str) -> int | None:
@@ -123,7 +130,7 @@ def _write_hf_metadata(writer: gguf.GGUFWriter, model: HfModel, arch: Architectu
     if meta.size_label is None and total > 0:
         meta.size_label = gguf.size_label(total, shared, expert, n_expert)
     meta.set_gguf_meta_model(writer)
-    arch.file_type = options.recipe.file_type if options.recipe is not None else FILE_TYPES[wanted]
+    arch.file_type = _file_type(options, wanted)
     arch.set_gguf_parameters(writer)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     arch.set_vocab(writer)
@@ -137,7 +144,8 @@ _KEEP_F32 = re.compile(r"(^|\.)(ffn_gate_inp(_shexp)?|position_embd|token_types|
 
 
 def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
-    wanted = _gguf_wanted_type(gin, options)
+    wanted = _wanted_type(options, (q for n, q in gin.source_types.items()
+                                    if len(gin.tensors[n].shape) >= 2 and q in FLOAT_TYPES))
     steps = []
     for name, tensor in gin.tensors.items():
         src_type = gin.source_types[name]
@@ -158,8 +166,7 @@ def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
     def write_metadata(writer: gguf.GGUFWriter, opts: ConvertOptions) -> NameParts:
         g = gguf.Keys.General
         u32, string = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.STRING
-        file_type = opts.recipe.file_type if opts.recipe is not None else FILE_TYPES[wanted]
-        overrides = {g.FILE_TYPE: (int(file_type), u32),
+        overrides = {g.FILE_TYPE: (int(_file_type(opts, wanted)), u32),
                      g.QUANTIZATION_VERSION: (gguf.GGML_QUANT_VERSION, u32)}
         if opts.model_name:
             overrides[g.NAME] = (opts.model_name, string)
@@ -168,12 +175,3 @@ def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
                          gin.field(g.VERSION), gin.field(g.SIZE_LABEL))
 
     return Source("gguf", gin.path, gin.arch, steps, write_metadata)
-
-
-def _gguf_wanted_type(gin: GgufInput, options: ConvertOptions) -> gguf.GGMLQuantizationType:
-    if options.outtype is not OutType.AUTO:
-        return options.outtype.tensor_type
-    for name, qtype in gin.source_types.items():
-        if len(gin.tensors[name].shape) >= 2 and qtype in FLOAT_TYPES:
-            return qtype
-    return gguf.GGMLQuantizationType.F16

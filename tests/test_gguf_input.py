@@ -13,8 +13,6 @@ from hqq2gguf.convert import convert
 from hqq2gguf.errors import InputError, OptionError
 from hqq2gguf.options import ConvertOptions, OutType
 
-# Keys that legitimately differ between an HF->GGUF and an HF->GGUF->GGUF conversion.
-_PROVENANCE = ("hqq2gguf.", "GGUF.", "general.quantized_by")
 
 
 def _convert(src: Path, out: Path, outtype: str, **kw) -> Path:
@@ -31,7 +29,7 @@ def test_gguf_route_equals_hf_route(tiny_model_dir, f32_gguf: Path, tmp_path: Pa
     """F32 GGUF -> X gives the same file as HF -> X (the F32 GGUF holds the exact weights)."""
     direct = _convert(tiny_model_dir("llama2"), tmp_path / "direct.gguf", outtype)
     via_gguf = _convert(f32_gguf, tmp_path / "via.gguf", outtype)
-    assert compare_gguf(via_gguf, direct, ignored_prefixes=_PROVENANCE) == []
+    assert compare_gguf(via_gguf, direct) == []  # provenance keys are ignored by default
 
 
 def test_auto_keeps_bf16(tiny_model_dir, tmp_path: Path) -> None:
@@ -39,7 +37,7 @@ def test_auto_keeps_bf16(tiny_model_dir, tmp_path: Path) -> None:
     auto = _convert(bf16, tmp_path / "auto.gguf", "auto")
     types = {gguf.GGMLQuantizationType(t.tensor_type).name for t in gguf.GGUFReader(auto).tensors}
     assert types == {"BF16", "F32"}
-    assert compare_gguf(auto, bf16, ignored_prefixes=_PROVENANCE) == []
+    assert compare_gguf(auto, bf16) == []
 
 
 def test_quantized_input_needs_allow_requantize(f32_gguf: Path, tmp_path: Path) -> None:

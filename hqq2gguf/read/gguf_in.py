@@ -16,6 +16,7 @@ import gguf
 import numpy as np
 import torch
 
+from hqq2gguf import PROVENANCE_PREFIX
 from hqq2gguf.errors import InputError, OptionError
 from hqq2gguf.read.hf_dir import SourceTensor
 
@@ -27,7 +28,6 @@ PASS_THROUGH_TYPES = (Q.I8, Q.I16, Q.I32, Q.I64, Q.F64)
 # Keys written for this output, never copied from the input: the writer's own first key, and what a
 # previous hqq2gguf run said about itself.
 _REWRITTEN_KEYS = {gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.QUANTIZED_BY}
-_PROVENANCE_PREFIX = "hqq2gguf."
 
 
 @dataclass
@@ -47,7 +47,7 @@ class GgufInput:
         pending = dict(overrides)
         for field in self.reader.fields.values():
             name = field.name
-            if name.startswith(("GGUF.", _PROVENANCE_PREFIX)) or name in _REWRITTEN_KEYS:
+            if name.startswith(("GGUF.", PROVENANCE_PREFIX)) or name in _REWRITTEN_KEYS:
                 continue
             if name in pending:
                 value, vtype = pending.pop(name)
