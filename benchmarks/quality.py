@@ -14,7 +14,6 @@ KLD ratio hqq2gguf / llama.cpp). The JSON is rewritten after every recipe, so a 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -58,21 +57,13 @@ PUBLISHED = {
 
 def llama_cpp_quantize(src: Path, dst: Path, recipe: str, n_threads: int) -> float:
     """Quantize ``src`` to ``dst`` with llama.cpp's own quantizer (no imatrix); returns wall seconds."""
-    import llama_cpp
+    from hqq2gguf.baseline import llama_quantize
 
     try:
         ftype = gguf.LlamaFileType[f"MOSTLY_{recipe}"]
     except KeyError:
         raise click.BadParameter(f"unknown recipe {recipe!r} (not a gguf.LlamaFileType MOSTLY_* name)") from None
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(ftype)
-    params.nthread = n_threads
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize {src} -> {dst} ({recipe}) returned {rc}")
-    return time.perf_counter() - t0
+    return llama_quantize(src, dst, ftype, nthread=n_threads)
 
 
 def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_weights: str = "llama") -> float:

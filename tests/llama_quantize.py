@@ -114,27 +114,19 @@ def _worker(jobs_path: str, results_path: str) -> None:
 
 
 def _quantize_one(llama_cpp, job: QuantJob, dst: Path, log: list[str]) -> dict:
-    import ctypes
+    from hqq2gguf.baseline import llama_quantize
+    from hqq2gguf.errors import Hqq2GgufError
 
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = 1
-    params.ftype = job.ftype
-    params.pure = job.pure
-    params.dry_run = job.dry_run
-    params.quantize_output_tensor = not job.leave_output_tensor
-    if job.output_tensor_type:
-        params.output_tensor_type = _ggml_type(job.output_tensor_type).value
-    if job.token_embedding_type:
-        params.token_embedding_type = _ggml_type(job.token_embedding_type).value
-    overrides = None
-    if job.tensor_types:
-        overrides = (llama_cpp.llama_model_tensor_override * (len(job.tensor_types) + 1))()
-        for o, (pattern, type_name) in zip(overrides, job.tensor_types):
-            o.pattern = pattern.lower().encode()
-            o.type = _ggml_type(type_name).value
-        overrides[len(job.tensor_types)].pattern = None  # terminator
-        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-    rc = llama_cpp.llama_model_quantize(job.src.encode(), str(dst).encode(), ctypes.byref(params))
+    del llama_cpp  # loaded and logging into ``log`` by the worker
+    try:
+        llama_quantize(job.src, dst, job.ftype, pure=job.pure, dry_run=job.dry_run,
+                       leave_output_tensor=job.leave_output_tensor,
+                       output_tensor_type=_ggml_type(job.output_tensor_type) if job.output_tensor_type else None,
+                       token_embedding_type=_ggml_type(job.token_embedding_type) if job.token_embedding_type else None,
+                       tensor_types=[(p, _ggml_type(t)) for p, t in job.tensor_types])
+        rc = 0
+    except Hqq2GgufError:
+        rc = 1
     text = "".join(log)
     result = {"ok": rc == 0, "types": {}, "file_size": None, "log_tail": text[-3000:]}
     if rc != 0:
