@@ -66,9 +66,25 @@ def llama_cpp_quantize(src: Path, dst: Path, recipe: str, n_threads: int) -> flo
     return llama_quantize(src, dst, ftype, nthread=n_threads)
 
 
-def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_weights: str = "llama") -> float:
+def llama_cpp_quantize_imatrix(src: Path, dst: Path, recipe: str, n_threads: int, imatrix: Path,
+                               binary: Path) -> float:
+    """llama.cpp's quantizer WITH an imatrix: the llama-quantize binary (llama-cpp-python's API cannot pass
+    one: its ``imatrix`` field is a pointer to a C++ map). Same recipe and threads; returns wall seconds."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(binary), "--imatrix", str(imatrix), str(src), str(dst), recipe, str(n_threads)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise click.ClickException(f"llama-quantize failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_weights: str = "llama",
+                      importance: str = "none", imatrix: Path | None = None) -> float:
     """Quantize ``src`` to ``dst`` with hqq2gguf --type RECIPE; returns wall seconds."""
     from hqq2gguf.convert import convert
+    from hqq2gguf.importance import ImportanceSource
     from hqq2gguf.optimize import SolverConfig, WeightMode
     from hqq2gguf.options import ConvertOptions
     from hqq2gguf.recipes import Recipe
@@ -76,7 +92,8 @@ def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_
     del n_threads  # the solver uses one thread per tensor
     t0 = time.perf_counter()
     convert(src, ConvertOptions(recipe=Recipe.parse(recipe), output=dst, force=True,
-                                solver=SolverConfig(weights=WeightMode(solver_weights))))
+                                solver=SolverConfig(weights=WeightMode(solver_weights)),
+                                importance=ImportanceSource(importance), imatrix=imatrix))
     return time.perf_counter() - t0
 
 
@@ -163,15 +180,25 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
 @click.option("--quantizers", default="llama.cpp,hqq2gguf", show_default=True,
               help="comma-separated: llama.cpp, hqq2gguf (same reference, recipe, chunks)")
-@click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama"]), default="llama",
+@click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama", "importance"]), default="llama",
               show_default=True, help="hqq2gguf's objective weights (recorded in the results)")
+@click.option("--importance", type=click.Choice(["none", "norms"]), default="none", show_default=True,
+              help="hqq2gguf's data-free column importance (recorded in the results)")
+@click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="llama.cpp imatrix given to BOTH quantizers (llama.cpp through --llama-quantize)")
+@click.option("--llama-quantize", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="llama.cpp's llama-quantize binary (needed with --imatrix)")
 def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, corpus: Path, n_threads: int,
-         dither_seed: int, workdir: Path, out_dir: Path, quantizers: str, solver_weights: str) -> None:
+         dither_seed: int, workdir: Path, out_dir: Path, quantizers: str, solver_weights: str,
+         importance: str, imatrix: Path | None, llama_quantize: Path | None) -> None:
+    if imatrix is not None and llama_quantize is None and "llama.cpp" in quantizers:
+        raise click.BadParameter("--imatrix needs --llama-quantize for the llama.cpp side")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     text = corpus.read_bytes()
     cache = workdir / f"{reference.stem}.c{n_ctx}.n{n_chunks}.logits"
     doc = {"name": name, "reference": str(reference), "dither_seed": dither_seed, "corpus": str(corpus),
            "n_ctx": n_ctx, "n_chunks": n_chunks, "n_threads": n_threads, "solver_weights": solver_weights,
+           "importance": importance, "imatrix": None if imatrix is None else str(imatrix),
            "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "rows": []}
     _, ref_ppl = reference_cache(reference, text, cache, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads)
@@ -183,10 +210,14 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
     if unknown:
         raise click.BadParameter(f"unknown quantizers {unknown} (known: {sorted(QUANTIZERS)})")
     for recipe, quantizer in [(r.strip(), q) for r in recipes.split(",") if r.strip() for q in chosen]:
-        dst = workdir / f"{reference.stem}.{quantizer}.{recipe}.gguf"
+        tag = f"{quantizer}-{solver_weights}-{importance}" if quantizer == "hqq2gguf" else quantizer
+        tag += "-imatrix" if imatrix is not None else ""
+        dst = workdir / f"{reference.stem}.{tag}.{recipe}.gguf"
         logger.info("quantizing %s with %s -> %s", recipe, quantizer, dst)
         if quantizer == "hqq2gguf":
-            quant_seconds = hqq2gguf_quantize(reference, dst, recipe, n_threads, solver_weights)
+            quant_seconds = hqq2gguf_quantize(reference, dst, recipe, n_threads, solver_weights, importance, imatrix)
+        elif imatrix is not None:
+            quant_seconds = llama_cpp_quantize_imatrix(reference, dst, recipe, n_threads, imatrix, llama_quantize)
         else:
             quant_seconds = QUANTIZERS[quantizer](reference, dst, recipe, n_threads)
         result = evaluate(dst, reference, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,

@@ -93,8 +93,19 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
               help="Type for tensors whose name matches REGEX (repeatable; the first match wins).")
 @click.option("--pure", is_flag=True, help="The recipe's default type everywhere, no mixture rules.")
 @click.option("--leave-output-tensor", is_flag=True, help="Keep output.weight unquantized.")
-@click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama"]), default="llama",
-              show_default=True, help="Element weights of the solver's objective (llama: llama.cpp's per type).")
+@click.option("--imatrix", type=click.Path(path_type=Path), default=None,
+              help="llama.cpp importance matrix (GGUF or legacy .dat): per-column weights of the objective.")
+@click.option("--importance", type=click.Choice(["none", "norms"]), default="none", show_default=True,
+              help="Data-free column importance when no --imatrix is given (norms: squared weights of the norm "
+                   "feeding each matrix).")
+@click.option("--group-size", type=int, default=None,
+              help="HQQ group size: the GGUF block type fixes it (e.g. 32 for Q4_K_M); other values are refused.")
+@click.option("--seed", type=int, default=None,
+              help="Accepted for HQQ compatibility: the solver draws no random numbers, the output is the same "
+                   "for every seed.")
+@click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama", "importance"]),
+              default=None, help="Element weights of the solver's objective (default: llama.cpp's per type; "
+                                 "with --imatrix: llama.cpp's imatrix weighting).")
 @click.option("--solver-iterations", type=click.IntRange(0, 1000), default=None,
               help="Half-quadratic iterations per block (default: the solver's).")
 @_clean_errors
@@ -102,10 +113,12 @@ def convert(model: Path, output: Path | None, outtype: str, force: bool, allow_r
             allow_pickle: bool, model_name: str | None, no_check_finite: bool, recipe: str | None,
             bits: str | None, output_tensor_type: str | None, keep_lm_head_fp16: bool,
             token_embedding_type: str | None, tensor_type: tuple[str, ...], pure: bool, leave_output_tensor: bool,
-            solver_weights: str, solver_iterations: int | None) -> None:
+            imatrix: Path | None, importance: str, group_size: int | None, seed: int | None,
+            solver_weights: str | None, solver_iterations: int | None) -> None:
     """Convert MODEL (a Hugging Face directory or an F32/F16/BF16 GGUF) into one GGUF file."""
     from hqq2gguf.convert import convert as run_convert
     from hqq2gguf.errors import OptionError
+    from hqq2gguf.importance import ImportanceSource
     from hqq2gguf.optimize import SolverConfig, WeightMode
     from hqq2gguf.options import ConvertOptions, OutType
     from hqq2gguf.recipes import QuantOptions, Recipe
@@ -117,6 +130,13 @@ def convert(model: Path, output: Path | None, outtype: str, force: bool, allow_r
             raise OptionError("--keep-lm-head-fp16 and --output-tensor-type are exclusive")
         output_tensor_type = "F16"
     chosen = recipe or (BITS_RECIPES[bits] if bits else None)
+    if chosen is None and (group_size is not None or seed is not None):
+        raise OptionError("--group-size and --seed need --type (or --bits)")
+    if group_size is not None:
+        Recipe.parse(chosen).check_group_size(group_size)
+    del seed  # HQQ's option; the solver is deterministic and draws no random numbers (tested)
+    if solver_weights is None:
+        solver_weights = "importance" if imatrix is not None else "llama"
     solver = SolverConfig(weights=WeightMode(solver_weights))
     if solver_iterations is not None:
         solver = dataclasses.replace(solver, iterations=solver_iterations)
@@ -127,7 +147,7 @@ def convert(model: Path, output: Path | None, outtype: str, force: bool, allow_r
                              quant=QuantOptions.from_cli(tensor_type=tensor_type, output_tensor_type=output_tensor_type,
                                                          token_embedding_type=token_embedding_type, pure=pure,
                                                          leave_output_tensor=leave_output_tensor),
-                             solver=solver)
+                             solver=solver, imatrix=imatrix, importance=ImportanceSource(importance))
     if options.recipe is None and (options.quant != QuantOptions()):
         raise OptionError("per-tensor type options need --type (or --bits)")
     result = run_convert(model, options)

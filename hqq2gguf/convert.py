@@ -22,6 +22,7 @@ import torch
 
 from hqq2gguf import PROVENANCE_PREFIX, __version__
 from hqq2gguf.errors import InputError, OutputError
+from hqq2gguf.importance import Importance, ImportanceSource, needed_norms, norm_importance, read_imatrix
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.plan import PlannedTensor, check_finite, encode
 from hqq2gguf.progress import Progress
@@ -45,6 +46,7 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
     source = open_source(Path(input_path), options)
     planned = [out for step in source.steps for out in step.outputs]
     _check_unique(source, planned)
+    importance = _importance(source, options, planned)
 
     writer = gguf.GGUFWriter(path=None, arch=source.arch)
     for out in planned:
@@ -60,7 +62,7 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        _write_tensors(writer, source, options, total)
+        _write_tensors(writer, source, options, total, importance)
         writer.close()
     seconds = time.perf_counter() - start
     logger.info("wrote %s in %.1f s", path, seconds)
@@ -75,7 +77,38 @@ def _check_unique(source: Source, planned: list[PlannedTensor]) -> None:
         seen.add(out.name)
 
 
-def _write_tensors(writer: gguf.GGUFWriter, source: Source, options: ConvertOptions, total: int) -> None:
+def _importance(source: Source, options: ConvertOptions, planned: list[PlannedTensor]) -> Importance:
+    """Column importance for the solver: the imatrix file, the norms' data-free proxy, or none.
+
+    Checked before anything is written: every imatrix entry naming a planned tensor must fit it, and an
+    imatrix naming none of them was made for another model."""
+    if options.recipe is None:
+        return Importance()
+    if options.imatrix is not None:
+        imp = read_imatrix(options.imatrix)
+        shapes = {out.name: out.shape for out in planned}
+        matched = [name for name in imp.entries if name in shapes]
+        if not matched:
+            raise InputError(f"none of the imatrix's {len(imp)} entries names a tensor of {source.path}: it was "
+                             "made for another model", file=options.imatrix)
+        for name in matched:
+            imp.for_tensor(name, shapes[name])
+        logger.info("imatrix: %d of its %d entries used", len(matched), len(imp))
+        return imp
+    if options.importance is ImportanceSource.NORMS:
+        names = [out.name for out in planned]
+        wanted = needed_norms(names)
+        norms = {}
+        for step in source.steps:
+            if any(out.name in wanted for out in step.outputs):
+                norms |= {name: t.to(torch.float32).numpy() for name, t in step.transform(step.load())
+                          if name in wanted}
+        return norm_importance(names, norms)
+    return Importance()
+
+
+def _write_tensors(writer: gguf.GGUFWriter, source: Source, options: ConvertOptions, total: int,
+                   importance: Importance) -> None:
     # Test hook: a pause per tensor so that interrupt tests can hit the middle of a write.
     pause_s = float(os.environ.get("HQQ2GGUF_TEST_SLOW_WRITE_S", "0"))
     with Progress(total, "convert") as progress:
@@ -91,14 +124,15 @@ def _write_tensors(writer: gguf.GGUFWriter, source: Source, options: ConvertOpti
                 raise InputError("tensor transform disagrees with the plan (internal error)", tensor=step.source)
             for out in step.outputs:
                 name, tensor = results.pop(0)
-                writer.write_tensor_data(_encode(name, tensor, out, options))
+                writer.write_tensor_data(_encode(name, tensor, out, options, importance))
                 logger.debug("%-40s %-8s -> %-5s %s", name, str(tensor.dtype).removeprefix("torch."),
                              out.out_type.name, list(reversed(out.shape)))
                 del tensor  # memory stays bounded by one tensor: nothing survives into the next step
                 progress.update(out.nbytes, name)
 
 
-def _encode(name: str, tensor: torch.Tensor, out: PlannedTensor, options: ConvertOptions) -> np.ndarray:
+def _encode(name: str, tensor: torch.Tensor, out: PlannedTensor, options: ConvertOptions,
+            importance: Importance) -> np.ndarray:
     """Float tensor -> output bytes: the HQQ solver for block types of a recipe, gguf-py's reference
     encoding otherwise (which keeps --outtype q8_0 identical to llama.cpp's converter)."""
     if tuple(tensor.shape) != out.shape:
@@ -106,7 +140,7 @@ def _encode(name: str, tensor: torch.Tensor, out: PlannedTensor, options: Conver
                          tensor=name)
     array = tensor.contiguous().numpy()
     if options.recipe is not None and is_solved(out.out_type):
-        encoded = encode_solved(name, array, out.out_type, options.solver)
+        encoded = encode_solved(name, array, out.out_type, options.solver, importance.for_tensor(name, out.shape))
     else:
         encoded = encode(name, array, out.out_type)
     if encoded.nbytes != out.nbytes:
@@ -124,6 +158,7 @@ def _write_provenance(writer: gguf.GGUFWriter, source: Source, options: ConvertO
     if options.recipe is not None:
         q = options.quant
         recorded |= {"type": options.recipe.value, "solver": dataclasses.asdict(options.solver),
+                     "importance": "imatrix" if options.imatrix is not None else options.importance.value,
                      "pure": q.pure, "leave_output_tensor": q.leave_output_tensor,
                      "output_tensor_type": q.output_tensor_type.name if q.output_tensor_type else None,
                      "token_embedding_type": q.token_embedding_type.name if q.token_embedding_type else None,

@@ -9,6 +9,7 @@ from pathlib import Path
 import gguf
 
 from hqq2gguf.errors import OptionError
+from hqq2gguf.importance import ImportanceSource
 from hqq2gguf.optimize.config import SolverConfig
 from hqq2gguf.recipes import QuantOptions, Recipe
 
@@ -83,6 +84,10 @@ class ConvertOptions:
     """llama-quantize's per-tensor overrides (--output-tensor-type, --tensor-type, --pure, ...)."""
     solver: SolverConfig = SolverConfig()
     """How the HQQ solver searches each block."""
+    imatrix: Path | None = None
+    """llama.cpp's importance matrix (GGUF or legacy .dat): per-column weights of the solver's objective."""
+    importance: ImportanceSource = ImportanceSource.NONE
+    """Data-free column importance when no imatrix is given (see :mod:`hqq2gguf.importance`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.outtype, OutType):
@@ -91,6 +96,11 @@ class ConvertOptions:
             raise OptionError(f"recipe must be one of {[r.value for r in Recipe]}, got {self.recipe!r}")
         if self.recipe is not None and self.outtype is OutType.Q8_0:
             raise OptionError("--outtype q8_0 and --type are exclusive: use --type Q8_0")
+        if not isinstance(self.importance, ImportanceSource):
+            raise OptionError(f"importance must be one of {[s.value for s in ImportanceSource]}, "
+                              f"got {self.importance!r}")
+        if self.recipe is None and (self.imatrix is not None or self.importance is not ImportanceSource.NONE):
+            raise OptionError("--imatrix and --importance need --type (or --bits)")
         if self.model_name is not None and not self.model_name.strip():
             raise OptionError("model name must not be empty")
 

@@ -42,14 +42,25 @@ def is_solved(qtype: gguf.GGMLQuantizationType) -> bool:
     return qtype in SOLVER_TYPES
 
 
-def encode_solved(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig) -> np.ndarray:
-    """HQQ-optimized blocks of ``array`` (numpy order, last axis blocked) as uint8 bytes; logs the error."""
+def encode_solved(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
+                  importance: np.ndarray | None = None) -> np.ndarray:
+    """HQQ-optimized blocks of ``array`` (numpy order, last axis blocked) as uint8 bytes; logs the error.
+
+    ``importance``: None or (n_expert, ne0) column importance (one row per expert of a 3-D tensor)."""
     start = time.perf_counter()
-    rows = array.reshape(-1, array.shape[-1]).astype(np.float32, copy=False)
-    solution = solve(torch.from_numpy(rows), qtype, config=config)
-    packed = solution.packed()
-    err = float(np.linalg.norm(rows - solution.values) / max(np.linalg.norm(rows), 1e-30))
-    gain = float(solution.objective.sum() / max(solution.baseline_objective.sum(), 1e-300))
-    logger.info("%-32s %-6s rel.err %.4f  objective %.3f x llama.cpp  %.1f s", name, qtype.name, err, gain,
-                time.perf_counter() - start)
-    return packed.reshape(*array.shape[:-1], -1)
+    n_expert = array.shape[0] if array.ndim == 3 else 1
+    experts = array.reshape(n_expert, -1, array.shape[-1])
+    packed, err2, norm2, obj, base_obj = [], 0.0, 0.0, 0.0, 0.0
+    for e in range(n_expert):
+        rows = experts[e].astype(np.float32, copy=False)
+        imp = None if importance is None else torch.from_numpy(importance[e])
+        solution = solve(torch.from_numpy(rows), qtype, importance=imp, config=config)
+        packed.append(solution.packed())
+        err2 += float(np.square(rows - solution.values, dtype=np.float64).sum())
+        norm2 += float(np.square(rows, dtype=np.float64).sum())
+        obj += float(solution.objective.sum())
+        base_obj += float(solution.baseline_objective.sum())
+    logger.info("%-32s %-6s rel.err %.4f  objective %.3f x llama.cpp%s  %.1f s", name, qtype.name,
+                (err2 / max(norm2, 1e-300)) ** 0.5, obj / max(base_obj, 1e-300),
+                "" if importance is None else " (importance-weighted)", time.perf_counter() - start)
+    return np.concatenate(packed).reshape(*array.shape[:-1], -1)

@@ -170,10 +170,16 @@ def test_no_extra_starts_and_no_iterations(qtype: Q) -> None:
     assert (sol.objective <= sol.baseline_objective).all() and sol.objective.sum() < sol.baseline_objective.sum()
 
 
+def test_importance_mode_without_importance_is_llama() -> None:
+    """A tensor the imatrix does not cover is solved as llama.cpp does without one: LLAMA's weights."""
+    x = torch.from_numpy(_data("normal"))
+    a = solve(x, Q.Q4_K, config=SolverConfig(weights=WeightMode.IMPORTANCE))
+    b = solve(x, Q.Q4_K, config=SolverConfig(weights=WeightMode.LLAMA))
+    np.testing.assert_array_equal(a.packed(), b.packed())
+
+
 def test_input_errors() -> None:
     x = torch.from_numpy(_data("normal"))
-    with pytest.raises(InputError):
-        solve(x, Q.Q4_0, config=SolverConfig(weights=WeightMode.IMPORTANCE))
     with pytest.raises(InputError):
         solve(x[:, :100], Q.Q4_0)
     with pytest.raises(InputError):

@@ -22,8 +22,8 @@ class WeightMode(str, Enum):
     """The weights llama.cpp's own quantizer of the type uses without an imatrix: 1 for Q4_0..Q8_0 and TQ*,
     |x| for Q2_K, av_x + |x| (av_x = RMS of the 32-group) for Q4_K/Q5_K, x**2 for Q3_K/Q6_K/IQ4_*."""
     IMPORTANCE = "importance"
-    """llama.cpp's imatrix weighting ``importance[j] * sqrt(sigma2 + x**2)``, sigma2 = mean x**2 of the row.
-    Needs ``importance``."""
+    """llama.cpp's imatrix weighting ``importance[j] * sqrt(sigma2 + x**2)``, sigma2 = mean x**2 of the row;
+    without an importance vector (a tensor the imatrix does not cover), LLAMA's weights, as llama.cpp does."""
 
 
 class Preset(str, Enum):

@@ -21,8 +21,8 @@ def element_weights(x: torch.Tensor, spec: QuantSpec, mode: WeightMode,
                     importance: torch.Tensor | None) -> torch.Tensor:
     """Weights (rows, ne0) float64 for rows ``x`` (rows, ne0) float64."""
     if mode is WeightMode.IMPORTANCE:
-        if importance is None:
-            raise InputError(f"{spec.name}: weight mode 'importance' needs an importance vector")
+        if importance is None:  # as llama.cpp: a tensor the imatrix does not cover is quantized without it
+            return _llama_weights(x, spec)
         sigma2 = (x * x).mean(dim=1, keepdim=True)
         return importance[None, :] * torch.sqrt(sigma2 + x * x)
     if mode is WeightMode.NONE:

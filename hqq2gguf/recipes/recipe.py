@@ -69,6 +69,21 @@ class Recipe(str, Enum):
         """The block type of every quantizable tensor no rule singles out."""
         return RECIPE_TABLE[self][1]
 
+    @property
+    def group_size(self) -> int:
+        """Weights sharing one scale in the default type's blocks (the HQQ group size the format fixes)."""
+        from hqq2gguf.qtypes import spec
+
+        s = spec(self.default_type)
+        return s.sub_block or s.block_size
+
+    def check_group_size(self, group_size: int) -> None:
+        """``--group-size``: the GGUF block fixes the group; accept the recipe's own, explain any other."""
+        if group_size != self.group_size:
+            raise OptionError(f"--group-size {group_size}: {self.value} stores one scale per {self.group_size} "
+                              f"weights in its {self.default_type.name} blocks, and a GGUF block type cannot "
+                              f"hold any other group size (drop the option, or give {self.group_size})")
+
     @classmethod
     def parse(cls, name: str) -> "Recipe":
         """A recipe from a llama-quantize type name, case-insensitive, aliases Q3_K/Q4_K/Q5_K included."""
