@@ -92,15 +92,17 @@ def test_bytes_decode_to_solution_and_never_worse(qtype: Q, kind: str, mode: Wei
 @pytest.mark.parametrize("qtype", SOLVER_TYPES, ids=lambda t: t.name)
 def test_deterministic_and_chunk_independent(qtype: Q) -> None:
     """Same bytes on a rerun, in smaller chunks (the per-block early stop must not see its chunk), and with
-    another torch thread count."""
+    another torch thread count, and with chunks solved side by side by worker threads."""
     x = torch.from_numpy(_data("student_t", seed=3))
     a = quantize_tensor(x, qtype, config=FAST)
     b = quantize_tensor(x.clone(), qtype, config=FAST)
     c = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, chunk_blocks=3))
     d = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, chunk_blocks=5, threads=2))
+    e = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, workers=3))  # 3 chunks on 3 threads
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(a, d)
+    np.testing.assert_array_equal(a, e)
 
 
 def test_thorough_preset_is_at_least_as_good_in_total() -> None:
@@ -139,8 +141,8 @@ def test_hostile_rows_give_finite_valid_blocks(qtype: Q, mode: WeightMode) -> No
 
 @pytest.mark.parametrize("kwargs", [
     {"p": 0.0}, {"p": 1.5}, {"beta0": -1.0}, {"beta0": float("inf")}, {"kappa": 0.5}, {"iterations": -1},
-    {"range_factors": (0.0,)}, {"sub_scale_radius": 9}, {"chunk_blocks": 0}, {"weights": "cubic"},
-    {"patience": -1}, {"threads": -2},
+    {"range_factors": (0.0,)}, {"super_range_factors": (3.0,)}, {"workers": -1}, {"sub_scale_radius": 9},
+    {"chunk_blocks": 0}, {"weights": "cubic"}, {"patience": -1}, {"threads": -2},
 ])
 def test_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(OptionError):
@@ -164,9 +166,9 @@ def test_presets() -> None:
 def test_no_extra_starts_and_no_iterations(qtype: Q) -> None:
     """llama.cpp's answer alone: zero iterations reproduce it; no extra starts still run."""
     x = torch.from_numpy(_data("realish"))
-    same = solve(x, qtype, config=SolverConfig(range_factors=(), iterations=0))
+    same = solve(x, qtype, config=SolverConfig(range_factors=(), super_range_factors=(), iterations=0))
     np.testing.assert_array_equal(same.objective, same.baseline_objective)
-    sol = solve(x, qtype, config=SolverConfig(range_factors=()))
+    sol = solve(x, qtype, config=SolverConfig(range_factors=(), super_range_factors=()))
     assert (sol.objective <= sol.baseline_objective).all() and sol.objective.sum() < sol.baseline_objective.sum()
 
 

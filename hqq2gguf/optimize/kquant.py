@@ -84,13 +84,13 @@ def _extra_starts(k: _Super, xg: torch.Tensor, cfg: SolverConfig) -> list[State]
         lo = xg.min(dim=2).values.clamp_max(0.0)  # the offset must be <= 0 (mn >= 0)
         hi = xg.max(dim=2).values
         r = hi - lo
-        for f in cfg.range_factors:
+        for f in cfg.super_range_factors:
             s = f * r / (k.grid.hi - k.grid.lo)
             parts.append(k.snap(s, (lo + (1 - f) * r / 2 - s * k.grid.lo).clamp_max(0.0)))
     else:
         xm = xg.gather(2, xg.abs().argmax(dim=2, keepdim=True))[..., 0]
         sides = (k.grid.lo, k.grid.hi) if k.sc_lo < 0 else (k.grid.hi,)
-        for f in cfg.range_factors:
+        for f in cfg.super_range_factors:
             for side in sides:
                 parts.append(k.snap(f * xm / side, torch.zeros_like(xm)))
     return parts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import gguf
@@ -80,11 +81,16 @@ def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torc
     wfit = w + (_FIT_WEIGHT_FLOOR * w.mean(dim=1, keepdim=True) + TINY)
     base = _state_of(base_fields)
     solver = solve_super if spec.kind is Kind.SUPER else solve_block_scale
-    parts = []
+    def run(sl: slice) -> dict[str, torch.Tensor]:
+        return solver(spec, xb[sl], w[sl], wfit[sl], {k: v[sl] for k, v in base.items()}, config)
+
+    workers = config.worker_count()
     with _threads(config.threads):
-        for i in range(0, xb.shape[0], config.chunk_blocks):
-            sl = slice(i, i + config.chunk_blocks)
-            parts.append(solver(spec, xb[sl], w[sl], wfit[sl], {k: v[sl] for k, v in base.items()}, config))
+        if workers == 1:
+            parts = [run(sl) for sl in _chunks(xb.shape[0], config.chunk_blocks, 1)]
+        else:  # torch ops release the GIL: chunks run truly in parallel, each on one intra-op thread
+            with ThreadPoolExecutor(workers, thread_name_prefix="hqq-solve") as pool:
+                parts = list(pool.map(run, _chunks(xb.shape[0], config.chunk_blocks, workers)))
     best = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     fields = _fields_of(spec, best)
     values = pack.decode(spec.qtype, fields)
@@ -96,6 +102,14 @@ def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torc
         values = pack.decode(spec.qtype, fields)
         obj = block_objective(xb.numpy(), values, w64)
     return Solution(spec.qtype, fields, values.reshape(rows, ne0), obj, base_obj, w_rows.numpy())
+
+
+def _chunks(n: int, chunk_blocks: int, workers: int) -> list[slice]:
+    """Slices of ``n`` blocks: at most ``chunk_blocks`` each, and at least ``workers`` of them when there
+    are that many blocks (every block is solved on its own, so the split never changes the result)."""
+    n_chunks = max(-(-n // chunk_blocks), min(workers, n), 1)
+    size = -(-n // n_chunks)
+    return [slice(i, i + size) for i in range(0, n, size)]
 
 
 def block_objective(x: np.ndarray, values: np.ndarray, w: np.ndarray) -> np.ndarray:
