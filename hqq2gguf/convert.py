@@ -179,6 +179,15 @@ def output_path(input_path: Path, options: ConvertOptions, names: NameParts) -> 
     directory = options.output if options.output is not None else Path.cwd()
     stem = gguf.naming_convention(names.name or input_path.stem, names.basename, names.finetune, names.version,
                                   names.size_label, options.label)
-    # Metadata is not a path: keep one safe file-name component whatever the model card says.
-    safe = "".join(c if c.isalnum() or c in "-_.+" else "-" for c in stem).strip(".-") or "model"
-    return directory / f"{safe}.gguf"
+    return directory / f"{safe_file_stem(stem)}.gguf"
+
+
+MAX_STEM_BYTES = 200  # file systems cap a name at 255 bytes; leave room for ".gguf" and the temporary name
+
+
+def safe_file_stem(stem: str) -> str:
+    """Metadata is not a path: one safe file-name component whatever the model card or GGUF says
+    (no separators, no leading dot, no "..", at most MAX_STEM_BYTES bytes of UTF-8)."""
+    safe = "".join(c if c.isalnum() or c in "-_.+" else "-" for c in stem).strip(".-")
+    safe = safe.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", errors="ignore").rstrip(".-")
+    return safe or "model"

@@ -25,7 +25,9 @@ class Hqq2GgufError(Exception):
             where.append(str(self.file))
         if self.tensor is not None:
             where.append(f"tensor {self.tensor!r}")
-        return f"{': '.join(where)}: {self.reason}" if where else self.reason
+        text = f"{': '.join(where)}: {self.reason}" if where else self.reason
+        # One line, whatever a wrapped library message holds (the CLI prints exactly one line).
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 class InputError(Hqq2GgufError):
@@ -42,3 +44,15 @@ class OptionError(Hqq2GgufError):
 
 class OutputError(Hqq2GgufError):
     """The output cannot be written (exists, unwritable, disk full)."""
+
+
+class DeviceError(Hqq2GgufError):
+    """A device was asked for (a GPU) that the installed llama-cpp-python build cannot use."""
+
+
+class ResourceError(Hqq2GgufError):
+    """The machine ran out of something the conversion needs (memory)."""
+
+
+# What a ResourceError suggests: the streaming bound (benchmarks/convert_memory_cap.py measures it).
+MEMORY_HINT = "hqq2gguf needs memory for about 3 x the largest tensor plus 1 GiB; free memory or raise the limit"

@@ -23,6 +23,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
 from hqq2gguf import PROVENANCE_PREFIX
+from hqq2gguf.read.gguf_header import validate_gguf_header
 
 # general.quantized_by: we name ourselves on quantized outputs (Q8_0 and below); llama.cpp's converter
 # writes no such key. An intended difference, documented in docs/metadata.md.
@@ -104,7 +105,9 @@ class _Parser:
 
 
 def read_gguf(path: str | Path) -> tuple[dict[str, Field], list[Tensor]]:
-    """Metadata (in file order) and tensors of a GGUF v2/v3 little-endian file."""
+    """Metadata (in file order) and tensors of a GGUF v2/v3 little-endian file (validated first: a corrupt
+    file gives an InputError naming it, not a struct error)."""
+    validate_gguf_header(Path(path))
     with open(path, "rb") as f:
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     p = _Parser(buf)

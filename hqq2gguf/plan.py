@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import gguf
 import numpy as np
 import torch
 
-from hqq2gguf.errors import InputError
+from hqq2gguf.errors import MEMORY_HINT, InputError, ResourceError
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,9 @@ def encode(name: str, data: np.ndarray, out_type: gguf.GGMLQuantizationType) -> 
         return gguf.quants.quantize(data, out_type)
     except (gguf.QuantError, NotImplementedError) as e:
         raise InputError(f"cannot encode as {out_type.name}: {e}", tensor=name) from e
+    except MemoryError as e:
+        raise ResourceError(f"out of memory encoding {list(data.shape)} ({data.nbytes / 2**20:.1f} MiB) as "
+                            f"{out_type.name}: {MEMORY_HINT}", tensor=name) from e
 
 
 def meta_like(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:

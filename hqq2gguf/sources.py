@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import gguf
 import torch
 
-from hqq2gguf.errors import InputError
+from hqq2gguf.errors import Hqq2GgufError, InputError
 from hqq2gguf.models import Architecture, architecture_for
 from hqq2gguf.options import FILE_TYPES, ConvertOptions, OutType
 from hqq2gguf.plan import PlannedTensor, PlanStep, meta_like, output_type, working_dtype
 from hqq2gguf.quantize import apply_recipe, hparams_kv
 from hqq2gguf.read.gguf_in import FLOAT_TYPES, PASS_THROUGH_TYPES, GgufInput, open_gguf
 from hqq2gguf.read.hf_dir import HfModel, open_hf_dir
+from hqq2gguf.vocab.common import check_tokenizer_present
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def open_source(path: Path, options: ConvertOptions) -> Source:
 
 def _hf_source(model: HfModel, options: ConvertOptions) -> Source:
     arch = architecture_for(model.config, model.path)
+    check_tokenizer_present(model.path)
     wanted = _wanted_type(options, (_LOSSLESS.get(t.dtype, gguf.GGMLQuantizationType.F32)
                                     for t in model.tensors.values() if len(t.shape) >= 2))
     steps = [_hf_step(arch, name, load, wanted, generated=True) for name, load in arch.extra_tensors()]
@@ -68,7 +70,8 @@ def _hf_source(model: HfModel, options: ConvertOptions) -> Source:
         name = arch.filter_tensor(hf_name)
         if name is None:
             continue
-        steps.append(_hf_step(arch, name, tensor.load, wanted, dtype=tensor.dtype, shape=tensor.shape))
+        steps.append(_hf_step(arch, name, tensor.load, wanted, dtype=tensor.dtype, shape=tensor.shape,
+                              file=tensor.file))
 
     if options.recipe is not None:
         apply_recipe(steps, hparams_kv(arch.arch_name, arch.set_gguf_parameters), options.recipe, options.quant)
@@ -101,7 +104,8 @@ def _bid(name: str) -> int | None:
 
 def _hf_step(arch: Architecture, name: str, load: Callable[[], torch.Tensor], wanted: gguf.GGMLQuantizationType,
              *, dtype: torch.dtype | None = None, shape: tuple[int, ...] | None = None,
-             generated: bool = False) -> PlanStep:
+             generated: bool = False, file: Path | None = None) -> PlanStep:
+    """Plan one input tensor: its outputs' names, shapes (checked against config.json) and types."""
     bid = _bid(name)
 
     def transform(data: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -109,8 +113,19 @@ def _hf_step(arch: Architecture, name: str, load: Callable[[], torch.Tensor], wa
         return list(arch.modify_tensors(data, name, bid)) if not generated else [(name, data)]
 
     probe = load() if generated else meta_like(shape or (), dtype or torch.float32)
+    try:
+        probed = transform(probe)
+    except Hqq2GgufError as e:  # e.g. rows that cannot be split into heads: name where it happened
+        if e.tensor is not None:
+            raise
+        raise type(e)(e.reason, file=e.file or file, tensor=name) from e
+    except RuntimeError as e:  # a reshape of a tensor whose shape disagrees with the hyper-parameters
+        raise InputError(f"shape {list(probe.shape)} cannot be converted: {e}", file=file, tensor=name) from e
     outputs = []
-    for new_name, out in transform(probe):
+    for new_name, out in probed:
+        if not generated and (implied := arch.shape_problem(new_name, tuple(out.shape))) is not None:
+            raise InputError(f"shape {list(probe.shape)} disagrees with config.json, which implies {implied} "
+                             f"for {new_name}", file=file, tensor=name)
         n_dims = out.dim()
         keep_f32 = arch.force_f32(new_name, bid)
         ne0 = int(out.shape[-1]) if n_dims else 1

@@ -7,12 +7,11 @@ Markers (registered in pyproject.toml):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-import pytest
 
 import oracle
+import pytest
 import tiny_models
 
 
@@ -34,17 +33,19 @@ def oracle_src() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tiny_model_dir(name)``: the directory of tiny model ``name`` (see tiny_models.TINY_MODELS),
-    built on first use and shared by the whole session. Treat it as read-only."""
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str | tiny_models.TinyModel], Path]:
+    """``tiny_model_dir(name)``: the directory of tiny model ``name`` (see tiny_models.TINY_MODELS), or of a
+    ``tiny_models.TinyModel`` given directly (a test's own shape variant, keyed by its name); built on
+    first use and shared by the whole session. Treat it as read-only."""
     built: dict[str, Path] = {}
     root = tmp_path_factory.mktemp("tiny_models")
 
-    def get(name: str) -> Path:
+    def get(name: str | tiny_models.TinyModel) -> Path:
+        spec = tiny_models.TINY_MODELS[name] if isinstance(name, str) else name
+        name = spec.name
         if name not in built:
             try:
-                built[name] = tiny_models.build_tiny_model(
-                    tiny_models.TINY_MODELS[name], root / name, tokenizer_cache=root / ".tokenizers")
+                built[name] = tiny_models.build_tiny_model(spec, root / name, tokenizer_cache=root / ".tokenizers")
             except tiny_models.TokenizerUnavailable as exc:
                 if oracle.oracle_required():
                     pytest.fail(f"{oracle.REQUIRE_ENV} is set but tiny model {name!r} cannot be built: {exc}",

@@ -13,18 +13,21 @@ Contract for subclasses:
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import gguf
 import torch
 
 from hqq2gguf.errors import InputError, UnsupportedError
+from hqq2gguf.models.shapes import EXPECTED_SHAPES, ShapeTable, config_dims
 
 logger = logging.getLogger(__name__)
 
-_REGISTRY: dict[str, type["Architecture"]] = {}
+_REGISTRY: dict[str, type[Architecture]] = {}
 
 # Tensors llama.cpp keeps in F32 whatever the output type (besides 1-D tensors and *_norm.weight).
 F32_TENSORS = (
@@ -39,6 +42,8 @@ F32_TENSORS = (
 class Architecture:
     hf_architectures: ClassVar[tuple[str, ...]] = ()
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
+    # What llama.cpp's loader expects each tensor's shape to be (see models/shapes.py).
+    expected_shapes: ClassVar[Mapping[gguf.MODEL_TENSOR, tuple[str, ...]]] = EXPECTED_SHAPES
     # Set by the pipeline before ``set_gguf_parameters``: llama.cpp writes ``general.file_type`` in the
     # middle of a family's keys (e.g. before ``llama.vocab_size``), and key order is part of the bytes.
     file_type: gguf.LlamaFileType | None = None
@@ -92,6 +97,18 @@ class Architecture:
             rope["partial_rotary_factor"] = partial
         if "original_max_position_embeddings" not in rope and orig_ctx is not None:
             rope["original_max_position_embeddings"] = orig_ctx
+
+    def config_dims(self) -> dict[str, int]:
+        """Named dimensions of :attr:`expected_shapes`, from the hyper-parameters."""
+        return config_dims(self.hparams)
+
+    @functools.cached_property
+    def _shape_table(self) -> ShapeTable:
+        return ShapeTable(self.gguf_arch, self.expected_shapes, self.config_dims())
+
+    def shape_problem(self, gguf_name: str, shape: tuple[int, ...]) -> str | None:
+        """The shape config.json implies for a GGUF tensor (numpy order) when ``shape`` disagrees, else None."""
+        return self._shape_table.problem(gguf_name, shape)
 
     def set_gguf_parameters(self, writer: gguf.GGUFWriter) -> None:
         """The keys every text model gets (llama.cpp's ``TextModel.set_gguf_parameters``)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import gguf
 import torch
@@ -23,6 +23,7 @@ import torch
 from hqq2gguf.errors import InputError, UnsupportedError
 from hqq2gguf.models.base import Architecture
 from hqq2gguf.models.hparams import read_json
+from hqq2gguf.models.shapes import VOCAB
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,10 @@ class Gemma3Architecture(Architecture):
         if "embed_tokens.weight" in name:
             data = data[:self._real_vocab_size]
         return super().modify_tensors(_shift_norm(data, name), name, bid)
+
+    def config_dims(self) -> dict[str, int]:
+        """token_embd keeps the tokenizer's rows only (see modify_tensors)."""
+        return {**super().config_dims(), VOCAB: self._real_vocab_size}
 
     @functools.cached_property
     def _real_vocab_size(self) -> int:

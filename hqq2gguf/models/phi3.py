@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, ClassVar
 
 import gguf
 import torch
 
 from hqq2gguf.errors import InputError, UnsupportedError
 from hqq2gguf.models.base import Architecture
+from hqq2gguf.models.shapes import EXPECTED_SHAPES, FF, HIDDEN, KV_ROWS, Q_ROWS
+
+# The fused projections stay fused in GGUF (llama.cpp splits them at run time).
+QKV_ROWS = f"{Q_ROWS}+2*{KV_ROWS}"
+GATE_UP_ROWS = f"2*{FF}"
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +35,21 @@ logger = logging.getLogger(__name__)
 class Phi3Architecture(Architecture):
     hf_architectures = ("Phi3ForCausalLM",)
     gguf_arch = gguf.MODEL_ARCH.PHI3
+    expected_shapes: ClassVar[Mapping[gguf.MODEL_TENSOR, tuple[str, ...]]] = {
+        **EXPECTED_SHAPES, gguf.MODEL_TENSOR.ATTN_QKV: (QKV_ROWS, HIDDEN), gguf.MODEL_TENSOR.FFN_UP: (GATE_UP_ROWS, HIDDEN)}
 
     def __init__(self, hparams: dict[str, Any], model_dir: Path) -> None:
         super().__init__(hparams, model_dir)
         if "original_max_position_embeddings" not in self.rope_parameters:
             raise InputError("config.json lacks original_max_position_embeddings", file=model_dir / "config.json")
+
+    def config_dims(self) -> dict[str, int]:
+        dims = super().config_dims()
+        if Q_ROWS in dims and KV_ROWS in dims:
+            dims[QKV_ROWS] = dims[Q_ROWS] + 2 * dims[KV_ROWS]
+        if FF in dims:
+            dims[GATE_UP_ROWS] = 2 * dims[FF]
+        return dims
 
     @property
     def rope_dims(self) -> int:

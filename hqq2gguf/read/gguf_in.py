@@ -7,7 +7,6 @@ with ``allow_requantize`` (it is dequantized first: quantizing twice loses more 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 from hqq2gguf import PROVENANCE_PREFIX
 from hqq2gguf.errors import InputError, OptionError
+from hqq2gguf.read.gguf_header import validate_gguf_header
 from hqq2gguf.read.hf_dir import SourceTensor
 
 logger = logging.getLogger(__name__)
@@ -93,35 +93,16 @@ def open_gguf(path: Path, *, allow_requantize: bool) -> GgufInput:
 
 
 def _read(path: Path) -> gguf.GGUFReader:
+    """The header is validated with bounded reads first (gguf_header): gguf.GGUFReader trusts its counts."""
     if not path.is_file():
         raise InputError("no such file", file=path)
+    validate_gguf_header(path)
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", file=path) from e
-    if magic != b"GGUF":
-        raise InputError(f"not a GGUF file (magic {magic!r}, expected b'GGUF')", file=path)
-    try:
-        reader = gguf.GGUFReader(path, "r")
+        return gguf.GGUFReader(path, "r")
     except KeyError as e:  # the reader raises KeyError for duplicate keys
         raise InputError(f"corrupt GGUF: {e.args[0] if e.args else e}", file=path) from e
     except (ValueError, IndexError, OverflowError, OSError, MemoryError) as e:
         raise InputError(f"corrupt or truncated GGUF: {e}", file=path) from e
-    _check_tensor_bounds(path, reader)
-    return reader
-
-
-def _check_tensor_bounds(path: Path, reader: gguf.GGUFReader) -> None:
-    size = os.stat(path).st_size
-    for t in reader.tensors:
-        end = t.data_offset + t.n_bytes
-        if end > size:
-            raise InputError(f"tensor data ends at byte {end}, past the end of the file ({size} bytes): "
-                             "truncated", file=path, tensor=t.name)
-        if t.data_offset % reader.alignment:
-            raise InputError(f"tensor data offset {t.data_offset} is not aligned to {reader.alignment}",
-                             file=path, tensor=t.name)
 
 
 def _torch_dtype(qtype: gguf.GGMLQuantizationType) -> torch.dtype:

@@ -12,6 +12,7 @@ a traceback or a silently wrong tensor.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hqq2gguf.errors import InputError, UnsupportedError
+from hqq2gguf.errors import MEMORY_HINT, InputError, ResourceError, UnsupportedError
 
 # The safetensors format caps the header at 100 MB; anything larger is not a valid file.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -60,7 +61,7 @@ class SafetensorsTensor:
 
     def load(self) -> torch.Tensor:
         """Read exactly this tensor's bytes (no memory map kept open) as a torch tensor."""
-        size, torch_dtype, np_dtype = _DTYPES[self.dtype]
+        size, _, np_dtype = _DTYPES[self.dtype]
         count = self.nbytes // size
         try:
             with open(self.file, "rb") as f:
@@ -68,6 +69,9 @@ class SafetensorsTensor:
                 array = np.fromfile(f, dtype=np_dtype, count=count)
         except OSError as e:
             raise InputError(f"cannot read tensor data: {e.strerror or e}", file=self.file, tensor=self.name) from e
+        except MemoryError as e:
+            raise ResourceError(f"out of memory reading {list(self.shape)} {self.dtype} "
+                                f"({self.nbytes / 2**20:.1f} MiB): {MEMORY_HINT}", file=self.file, tensor=self.name) from e
         if array.size != count:
             raise InputError(
                 f"file is truncated: tensor data needs {self.nbytes} bytes at offset {self.offset}",
@@ -99,11 +103,13 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, SafetensorsTensor], d
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror or e}", file=path) from e
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as e:
+        raise InputError(f"header lists {e.args[0]!r} twice", file=path) from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise InputError(f"header is not valid JSON: {e}", file=path) from e
     if not isinstance(header, dict):
-        raise InputError("header is not a JSON object", file=path)
+        raise InputError(f"header is a JSON {type(header).__name__}, not an object of tensor entries", file=path)
 
     metadata = header.pop("__metadata__", None) or {}
     data_start = 8 + header_len
@@ -113,11 +119,29 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, SafetensorsTensor], d
     return dict(sorted(tensors.items())), metadata if isinstance(metadata, dict) else {}
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json.loads keeps the last of two equal keys silently; two entries for one tensor are corrupt."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _validate_entry(path: Path, name: str, entry: object, data_start: int, data_size: int) -> SafetensorsTensor:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise InputError("header entry lacks dtype, shape or data_offsets", file=path, tensor=name)
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype in _KNOWN_UNSUPPORTED or not isinstance(dtype, str) or dtype not in _DTYPES:
+    if not isinstance(dtype, str):
+        raise InputError(f"invalid dtype {dtype!r} (expected a string such as \"BF16\")", file=path, tensor=name)
+    if dtype not in _DTYPES and dtype not in _KNOWN_UNSUPPORTED:
+        raise InputError(f"unknown dtype {dtype!r}", file=path, tensor=name)
+    if dtype not in _DTYPES:
         raise UnsupportedError(
             f"dtype {dtype!r} cannot be converted (supported: F32, F16, BF16; quantized checkpoints "
             "such as FP8/GPTQ/AWQ must be dequantized first)", file=path, tensor=name,
@@ -146,6 +170,6 @@ def _validate_entry(path: Path, name: str, entry: object, data_start: int, data_
 
 def _check_overlaps(path: Path, tensors: dict[str, SafetensorsTensor]) -> None:
     spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values() if t.nbytes)
-    for (_, prev_end, prev_name), (begin, _, name) in zip(spans, spans[1:]):
+    for (_, prev_end, prev_name), (begin, _, name) in itertools.pairwise(spans):
         if begin < prev_end:
             raise InputError(f"tensor data overlaps that of {prev_name!r}", file=path, tensor=name)

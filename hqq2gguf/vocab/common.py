@@ -59,16 +59,30 @@ def first_hparam(hparams: dict[str, Any], keys: tuple[str, ...]) -> Any | None:
     return None
 
 
+# Files that hold a vocabulary: without any of them there is nothing to write into tokenizer.*.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tekken.json")
+
+
+def check_tokenizer_present(dir_model: Path) -> None:
+    """Fail early, naming the directory, when the model comes without its tokenizer."""
+    if not any((dir_model / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError("no tokenizer found (expected tokenizer.json or tokenizer.model): copy the tokenizer "
+                         "files of the original model into the directory", file=dir_model)
+
+
 def load_auto_tokenizer(dir_model: Path) -> Any:
     """The Hugging Face tokenizer of a local directory, never downloading and never running its code."""
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:  # a declared dependency; a broken install is the user's environment
         raise UnsupportedError("BPE vocabularies need the 'transformers' package") from exc
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # name the broken file, not AutoTokenizer
+        read_json(dir_model / name)
     try:
         return AutoTokenizer.from_pretrained(dir_model, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"cannot load the tokenizer with transformers.AutoTokenizer: {exc}",
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot load the tokenizer with transformers.AutoTokenizer: {first_line}",
                          file=dir_model) from exc
 
 

@@ -17,8 +17,14 @@ from hqq2gguf.errors import InputError
 from hqq2gguf.vocab.bpe import set_vocab_gpt2
 from hqq2gguf.vocab.common import read_json, text_hparams
 from hqq2gguf.vocab.special import SpecialVocab
-from hqq2gguf.vocab.spm import (ADDED_SCORE, SpmVocab, apply_added_tokens_json, fill_pieces,
-                                load_processor, write_llama_vocab)
+from hqq2gguf.vocab.spm import (
+    ADDED_SCORE,
+    SpmVocab,
+    apply_added_tokens_json,
+    fill_pieces,
+    load_processor,
+    write_llama_vocab,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ def _apply_flagged_added_tokens(vocab: SpmVocab, entries: list[tuple[int, dict[s
 def create_vocab_phi3(dir_model: Path, hparams: dict[str, Any]) -> SpmVocab:
     processor = load_processor(dir_model)
     vocab = SpmVocab.padded(text_hparams(hparams).get("vocab_size", processor.vocab_size()))
-    fill_pieces(vocab, processor, stop_at_range=False)
+    fill_pieces(vocab, processor, stop_at_range=False, file=dir_model / "tokenizer.model")
     apply_added_tokens_json(vocab, dir_model)
     config_file = dir_model / "tokenizer_config.json"
     decoder = (read_json(config_file) or {}).get("added_tokens_decoder", {})

@@ -15,7 +15,13 @@ from typing import Any
 import gguf
 
 from hqq2gguf.errors import InputError
-from hqq2gguf.vocab.common import SPM_SPACE, first_hparam, looks_special, read_json, text_hparams
+from hqq2gguf.vocab.common import (
+    SPM_SPACE,
+    first_hparam,
+    looks_special,
+    read_json,
+    text_hparams,
+)
 from hqq2gguf.vocab.special import SpecialVocab
 
 logger = logging.getLogger(__name__)
@@ -73,15 +79,19 @@ def piece_type(processor: Any, token_id: int) -> int:
     return gguf.TokenType.NORMAL
 
 
-def fill_pieces(vocab: SpmVocab, processor: Any, *, stop_at_range: bool) -> None:
-    """Copy the model's pieces; past the vocabulary's end stop (llama) or fail (Phi-3's IndexError)."""
+def fill_pieces(vocab: SpmVocab, processor: Any, *, stop_at_range: bool, file: Path | None = None) -> None:
+    """Copy the model's pieces; past the vocabulary's end stop (llama) or fail (Phi-3's IndexError).
+
+    Stopping is llama.cpp's converter behaviour: the pieces past ``vocab_size`` have no embedding row.
+    """
     size = len(vocab.tokens)
     for token_id in range(processor.vocab_size()):
         if token_id >= size:
             if not stop_at_range:
-                raise InputError(f"tokenizer.model has {processor.vocab_size()} pieces but vocab_size "
-                                 f"is {size}")
-            logger.warning("ignore tokens from %d: id is out of range, max=%d", token_id, size - 1)
+                raise InputError(f"tokenizer has {processor.vocab_size()} pieces but the model's vocab_size "
+                                 f"is {size}", file=file)
+            logger.warning("%s: ignore tokens from %d: id is out of range, max=%d (config.json vocab_size %d)",
+                           file or "tokenizer.model", token_id, size - 1, size)
             break
         vocab.set(token_id, processor.IdToPiece(token_id).encode("utf-8"),
                   processor.GetScore(token_id), piece_type(processor, token_id))
@@ -120,7 +130,7 @@ def create_vocab_sentencepiece(dir_model: Path, hparams: dict[str, Any]) -> SpmV
     keys = ("vocab_size_per_layer_input", "vocab_size")  # gemma3n first
     vocab_size = first_hparam(text_hparams(hparams), keys) or processor.vocab_size()
     vocab = SpmVocab.padded(vocab_size)
-    fill_pieces(vocab, processor, stop_at_range=True)
+    fill_pieces(vocab, processor, stop_at_range=True, file=dir_model / "tokenizer.model")
     apply_added_tokens_json(vocab, dir_model)
     _apply_added_tokens_decoder(vocab, dir_model)
     return vocab

@@ -10,8 +10,8 @@ import errno
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from hqq2gguf.errors import OutputError
 
@@ -25,8 +25,10 @@ def check_output_path(path: Path, *, force: bool) -> None:
     if path.is_dir():
         raise OutputError("output path is a directory", file=path)
     parent = path.parent
-    if not parent.is_dir():
+    if not parent.exists():
         raise OutputError("output directory does not exist", file=parent)
+    if not parent.is_dir():
+        raise OutputError("output directory is a file, not a directory", file=parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError("output directory is not writable", file=parent)
 
