@@ -40,7 +40,7 @@ def main(model: Path, output: Path, binary: Path, text: Path, chunks: int, threa
     t0 = time.perf_counter()
     cmd = [str(binary), "-m", str(model), "-f", str(text), "-o", str(output), "-c", "512", "--chunks", str(chunks),
            "-t", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise click.ClickException(f"llama-imatrix failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     record = {"command": " ".join([sys.executable, *sys.argv]), "llama_imatrix": cmd, "seconds": time.perf_counter() - t0,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hqq2gguf import PROVENANCE_PREFIX, __version__
-from hqq2gguf.errors import InputError, OutputError
+from hqq2gguf.errors import MEMORY_HINT, InputError, OutputError, ResourceError
 from hqq2gguf.importance import Importance, ImportanceSource, needed_norms, norm_importance, read_imatrix
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.plan import PlannedTensor, check_finite, encode
@@ -140,7 +140,11 @@ def _encode(name: str, tensor: torch.Tensor, out: PlannedTensor, options: Conver
                          tensor=name)
     array = tensor.contiguous().numpy()
     if options.recipe is not None and is_solved(out.out_type):
-        encoded = encode_solved(name, array, out.out_type, options.solver, importance.for_tensor(name, out.shape))
+        try:
+            encoded = encode_solved(name, array, out.out_type, options.solver, importance.for_tensor(name, out.shape))
+        except MemoryError as e:
+            raise ResourceError(f"out of memory solving {list(array.shape)} ({array.nbytes / 2**20:.1f} MiB) as "
+                                f"{out.out_type.name}: {MEMORY_HINT}", tensor=name) from e
     else:
         encoded = encode(name, array, out.out_type)
     if encoded.nbytes != out.nbytes:

@@ -20,15 +20,16 @@ from __future__ import annotations
 import logging
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Mapping
 
 import gguf
 import numpy as np
 
 from hqq2gguf.errors import InputError
+from hqq2gguf.read.gguf_header import validate_gguf_header
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def read_imatrix(path: Path) -> Importance:
 
 
 def _read_gguf_imatrix(path: Path) -> dict[str, np.ndarray]:
+    validate_gguf_header(path)  # bounded: counts, lengths and offsets checked against the file size first
     try:
         reader = gguf.GGUFReader(path)
     except Exception as e:  # gguf-py raises bare ValueError/struct errors on damaged files

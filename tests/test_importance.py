@@ -97,7 +97,10 @@ def test_damaged_legacy_imatrix_is_one_clear_error(tmp_path: Path, damage, messa
 def test_unpaired_or_negative_gguf_imatrix_is_refused(tmp_path: Path) -> None:
     w = gguf.GGUFWriter(tmp_path / "odd.gguf", arch="imatrix")
     w.add_tensor("blk.0.attn_q.weight.in_sum2", np.ones(32, np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()  # noqa: E702
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     with pytest.raises(InputError, match="pairs"):
         read_imatrix(tmp_path / "odd.gguf")
     neg = write_gguf_imatrix(tmp_path / "neg.gguf", {"a.weight": (-np.ones(32), np.ones(1))})
