@@ -74,7 +74,7 @@ def llama_cpp_quantize_imatrix(src: Path, dst: Path, recipe: str, n_threads: int
 
     t0 = time.perf_counter()
     proc = subprocess.run([str(binary), "--imatrix", str(imatrix), str(src), str(dst), recipe, str(n_threads)],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise click.ClickException(f"llama-quantize failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return time.perf_counter() - t0
@@ -89,7 +89,7 @@ def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_
     from hqq2gguf.options import ConvertOptions
     from hqq2gguf.recipes import Recipe
 
-    del n_threads  # the solver uses one thread per tensor
+    del n_threads  # the solver uses one worker thread per CPU
     t0 = time.perf_counter()
     convert(src, ConvertOptions(recipe=Recipe.parse(recipe), output=dst, force=True,
                                 solver=SolverConfig(weights=WeightMode(solver_weights)),
@@ -116,17 +116,41 @@ def row(recipe: str, quantizer: str, path: Path, quant_seconds: float, result: E
             "quant_seconds": round(quant_seconds, 2), **result.to_dict()}
 
 
+def tensor_layout(path: Path) -> list[tuple[str, str, int]]:
+    """(name, type, bytes) of every tensor: what must be identical between the two quantizers' files."""
+    return [(t.name, gguf.GGMLQuantizationType(t.tensor_type).name, int(t.n_bytes))
+            for t in gguf.GGUFReader(path).tensors]
+
+
+def same_layout(a: Path, b: Path) -> bool:
+    return tensor_layout(a) == tensor_layout(b)
+
+
+TARGET_RECIPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M")
+
+
+def target(recipe: str, ratio: float, imatrix: bool) -> str:
+    """The issue's targets: <= 0.80 (0.90 with an imatrix) from Q2_K to Q5_K_M, never above 1.0."""
+    if ratio > 1.0:
+        return "NO (> 1.0)"
+    goal = 0.90 if imatrix else 0.80
+    if recipe in TARGET_RECIPES:
+        return "yes" if ratio <= goal else f"NO (> {goal:.2f})"
+    return "yes (<= 1.0)"
+
+
 def render_markdown(doc: dict) -> str:
     """The results table: one row per recipe, a column group per quantizer, the KLD ratio, and the
     published llama.cpp numbers of shared/eval/README.md when the model is one of the dev models."""
     rows = doc["rows"]
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    carried = sorted({r["carried_from"] for r in rows if "carried_from" in r})
     by = {(r["recipe"], r["quantizer"]): r for r in rows}
     pub = PUBLISHED.get(doc["name"], {})
     head = ["recipe"]
     for q in QUANTIZERS:
         head += [f"{q} bytes", f"{q} mean KLD", f"{q} KLD p99", f"{q} top-1", f"{q} PPL"]
-    head += ["KLD ratio hqq2gguf/llama.cpp"]
+    head += ["KLD ratio hqq2gguf/llama.cpp", "target met", "tensor types+bytes identical"]
     if pub:
         head += ["README bytes", "README KLD", "README top-1"]
     lines = [f"# Quality vs the dithered F16 reference: {doc['name']}", "",
@@ -135,7 +159,9 @@ def render_markdown(doc: dict) -> str:
              f"({doc.get('n_tokens_scored', '?')} tokens); method: llama-perplexity --kl-divergence "
              f"(hqq2gguf.runtime.evaluate). Reference PPL {doc.get('ppl_ref', float('nan')):.4f}"
              + (f" (README: {pub['ppl_ref']})" if pub else "") + ".", "",
-             f"Command: `{doc['command']}`", "",
+             f"Command: `{doc['command']}`"
+             + (f" (rows of {', '.join(f'`{c}`' for c in carried)} carried over: same reference, chunks and "
+                "quantizer code)" if carried else ""), "",
              f"Machine: {doc['machine']['processor'] or doc['machine']['platform']}, "
              f"{doc['machine']['cpu_count']} CPUs, {doc['n_threads']} threads; llama-cpp-python "
              f"{doc['machine']['llama_cpp_python']}.", "",
@@ -147,7 +173,11 @@ def render_markdown(doc: dict) -> str:
             cells += ([f"{r['bytes']:,}", f"{r['kld_mean']:.5f} ± {r['kld_unc']:.5f}", f"{r['kld_p99']:.4f}",
                        f"{100 * r['same_top']:.1f}%", f"{r['ppl']:.3f}"] if r else [""] * 5)
         a, b = by.get((recipe, "llama.cpp")), by.get((recipe, "hqq2gguf"))
-        cells.append(f"{b['kld_mean'] / a['kld_mean']:.3f}" if a and b else "")
+        ratio = b["kld_mean"] / a["kld_mean"] if a and b else None
+        cells.append(f"{ratio:.3f}" if ratio is not None else "")
+        cells.append(target(recipe, ratio, bool(doc.get("imatrix"))) if ratio is not None else "")
+        layout = doc.get("same_layout", {}).get(recipe)
+        cells.append("" if layout is None else ("yes" if layout else "NO"))
         if pub:
             p = pub.get(recipe)
             cells += ([f"{p[0]:,}" if p[0] else "", f"{p[1]}", f"{p[2]}%"] if p else ["", "", ""])
@@ -188,9 +218,12 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
               help="llama.cpp imatrix given to BOTH quantizers (llama.cpp through --llama-quantize)")
 @click.option("--llama-quantize", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="llama.cpp's llama-quantize binary (needed with --imatrix)")
+@click.option("--keep-rows", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="an earlier results JSON of the same reference and chunks: its rows for (recipe, quantizer) "
+                   "pairs not run now are carried over (e.g. llama.cpp's side, which does not change)")
 def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, corpus: Path, n_threads: int,
          dither_seed: int, workdir: Path, out_dir: Path, quantizers: str, solver_weights: str,
-         importance: str, imatrix: Path | None, llama_quantize: Path | None) -> None:
+         importance: str, imatrix: Path | None, llama_quantize: Path | None, keep_rows: tuple[Path, ...]) -> None:
     if imatrix is not None and llama_quantize is None and "llama.cpp" in quantizers:
         raise click.BadParameter("--imatrix needs --llama-quantize for the llama.cpp side")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -209,6 +242,15 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
     unknown = sorted(set(chosen) - set(QUANTIZERS))
     if unknown:
         raise click.BadParameter(f"unknown quantizers {unknown} (known: {sorted(QUANTIZERS)})")
+    wanted = [r.strip() for r in recipes.split(",") if r.strip()]
+    for kept in keep_rows:
+        old = json.loads(kept.read_text())
+        if (old["reference"], old["n_chunks"], old["n_ctx"]) != (str(reference), n_chunks, n_ctx):
+            raise click.BadParameter(f"{kept} was made with another reference or chunking")
+        doc["rows"] += [r | {"carried_from": str(kept)} for r in old["rows"]
+                        if r["recipe"] in wanted and r["quantizer"] not in chosen and Path(r["file"]).exists()]
+    doc["rows"].sort(key=lambda r: wanted.index(r["recipe"]))
+    doc["same_layout"] = {}
     for recipe, quantizer in [(r.strip(), q) for r in recipes.split(",") if r.strip() for q in chosen]:
         tag = f"{quantizer}-{solver_weights}-{importance}" if quantizer == "hqq2gguf" else quantizer
         tag += "-imatrix" if imatrix is not None else ""
@@ -223,6 +265,9 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
         result = evaluate(dst, reference, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,
                           ref_cache=cache)
         doc["rows"].append(row(recipe, quantizer, dst, quant_seconds, result))
+        files = {r["quantizer"]: Path(r["file"]) for r in doc["rows"] if r["recipe"] == recipe}
+        if len(files) == 2:
+            doc["same_layout"][recipe] = same_layout(files["llama.cpp"], files["hqq2gguf"])
         logger.info("%s: %d bytes, KLD %.5f, top-1 %.1f%%, PPL %.3f (quantize %.1f s, eval %.1f s)", recipe,
                     dst.stat().st_size, result.kld_mean, 100 * result.same_top, result.ppl, quant_seconds,
                     result.test_seconds)
