@@ -212,7 +212,8 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
               help="comma-separated: llama.cpp, hqq2gguf (same reference, recipe, chunks)")
 @click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama", "importance"]), default="llama",
               show_default=True, help="hqq2gguf's objective weights (recorded in the results)")
-@click.option("--importance", type=click.Choice(["none", "norms"]), default="none", show_default=True,
+@click.option("--importance", type=click.Choice(["none", "norms", "derived"]), default="none",
+              show_default=True,
               help="hqq2gguf's data-free column importance (recorded in the results)")
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="llama.cpp imatrix given to BOTH quantizers (llama.cpp through --llama-quantize)")

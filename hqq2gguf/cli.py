@@ -95,9 +95,10 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
 @click.option("--leave-output-tensor", is_flag=True, help="Keep output.weight unquantized.")
 @click.option("--imatrix", type=click.Path(path_type=Path), default=None,
               help="llama.cpp importance matrix (GGUF or legacy .dat): per-column weights of the objective.")
-@click.option("--importance", type=click.Choice(["none", "norms"]), default="none", show_default=True,
+@click.option("--importance", type=click.Choice(["none", "norms", "derived"]), default="none",
+              show_default=True,
               help="Data-free column importance when no --imatrix is given (norms: squared weights of the norm "
-                   "feeding each matrix).")
+                   "feeding each matrix; derived: also estimates for attn_output and ffn_down from the weights).")
 @click.option("--group-size", type=int, default=None,
               help="HQQ group size: the GGUF block type fixes it (e.g. 32 for Q4_K_M); other values are refused.")
 @click.option("--seed", type=int, default=None,

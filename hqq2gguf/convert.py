@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,15 @@ import torch
 
 from hqq2gguf import PROVENANCE_PREFIX, __version__
 from hqq2gguf.errors import MEMORY_HINT, InputError, OutputError, ResourceError
-from hqq2gguf.importance import Importance, ImportanceSource, needed_norms, norm_importance, read_imatrix
+from hqq2gguf.importance import (
+    Importance,
+    ImportanceSource,
+    derived_importance,
+    derived_inputs,
+    needed_norms,
+    norm_importance,
+    read_imatrix,
+)
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.plan import PlannedTensor, check_finite, encode
 from hqq2gguf.progress import Progress
@@ -95,16 +104,26 @@ def _importance(source: Source, options: ConvertOptions, planned: list[PlannedTe
             imp.for_tensor(name, shapes[name])
         logger.info("imatrix: %d of its %d entries used", len(matched), len(imp))
         return imp
+    if options.importance is ImportanceSource.NONE:
+        return Importance()
+    names = [out.name for out in planned]
+    norms = dict(_outputs(source, needed_norms(names)))
     if options.importance is ImportanceSource.NORMS:
-        names = [out.name for out in planned]
-        wanted = needed_norms(names)
-        norms = {}
-        for step in source.steps:
-            if any(out.name in wanted for out in step.outputs):
-                norms |= {name: t.to(torch.float32).numpy() for name, t in step.transform(step.load())
-                          if name in wanted}
         return norm_importance(names, norms)
-    return Importance()
+    n_head = source.hparams.get(f"{source.arch}.attention.head_count", 0)
+    n_head_kv = source.hparams.get(f"{source.arch}.attention.head_count_kv", n_head)
+    if not (isinstance(n_head, int) and isinstance(n_head_kv, int)):  # per-layer head counts: not modelled
+        n_head = n_head_kv = 0
+    return derived_importance(names, norms, _outputs(source, derived_inputs(names)), n_head, n_head_kv)
+
+
+def _outputs(source: Source, wanted: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """The transformed float32 tensors named in ``wanted``, loaded one step at a time (a pre-pass)."""
+    for step in source.steps:
+        if any(out.name in wanted for out in step.outputs):
+            for name, t in step.transform(step.load()):
+                if name in wanted:
+                    yield name, t.to(torch.float32).numpy()
 
 
 def _write_tensors(writer: gguf.GGUFWriter, source: Source, options: ConvertOptions, total: int,

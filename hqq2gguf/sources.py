@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
@@ -46,6 +46,8 @@ class Source:
     arch: str
     steps: list[PlanStep]
     write_metadata: Callable[[gguf.GGUFWriter, ConvertOptions], NameParts]
+    hparams: dict = field(default_factory=dict)
+    """The architecture's hyper-parameter KV pairs (``{arch}.attention.head_count`` ...), when quantizing."""
 
 
 def open_source(path: Path, options: ConvertOptions) -> Source:
@@ -73,13 +75,15 @@ def _hf_source(model: HfModel, options: ConvertOptions) -> Source:
         steps.append(_hf_step(arch, name, tensor.load, wanted, dtype=tensor.dtype, shape=tensor.shape,
                               file=tensor.file))
 
+    kv = {}
     if options.recipe is not None:
-        apply_recipe(steps, hparams_kv(arch.arch_name, arch.set_gguf_parameters), options.recipe, options.quant)
+        kv = hparams_kv(arch.arch_name, arch.set_gguf_parameters)
+        apply_recipe(steps, kv, options.recipe, options.quant)
 
     def write_metadata(writer: gguf.GGUFWriter, opts: ConvertOptions) -> NameParts:
         return _write_hf_metadata(writer, model, arch, opts, wanted)
 
-    return Source("hf", model.path, arch.arch_name, steps, write_metadata)
+    return Source("hf", model.path, arch.arch_name, steps, write_metadata, kv)
 
 
 _LOSSLESS = {torch.bfloat16: gguf.GGMLQuantizationType.BF16, torch.float16: gguf.GGMLQuantizationType.F16}
@@ -174,6 +178,7 @@ def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
                               transform=lambda data, n=name: [(n, data if not data.is_floating_point()
                                                                else data.to(working_dtype(data.dtype)))]))
 
+    kv = {}
     if options.recipe is not None:
         kv = {f.name: f.contents() for f in gin.reader.fields.values() if not f.name.startswith("GGUF.")}
         apply_recipe(steps, kv, options.recipe, options.quant)
@@ -189,4 +194,4 @@ def _gguf_source(gin: GgufInput, options: ConvertOptions) -> Source:
         return NameParts(opts.model_name or gin.field(g.NAME), gin.field(g.BASENAME), gin.field(g.FINETUNE),
                          gin.field(g.VERSION), gin.field(g.SIZE_LABEL))
 
-    return Source("gguf", gin.path, gin.arch, steps, write_metadata)
+    return Source("gguf", gin.path, gin.arch, steps, write_metadata, kv)

@@ -14,7 +14,14 @@ from click.testing import CliRunner
 
 from hqq2gguf.cli import main
 from hqq2gguf.errors import InputError, OptionError
-from hqq2gguf.importance import Importance, needed_norms, norm_importance, read_imatrix
+from hqq2gguf.importance import (
+    Importance,
+    derived_importance,
+    derived_inputs,
+    needed_norms,
+    norm_importance,
+    read_imatrix,
+)
 from hqq2gguf.recipes import Recipe
 from test_quantize import SPEC
 
@@ -137,6 +144,26 @@ def test_norm_importance_maps_each_matrix_to_the_norm_feeding_it() -> None:
     assert "output.weight" in untied.entries and "token_embd.weight" not in untied.entries
 
 
+def test_derived_importance_of_attn_output_and_ffn_down() -> None:
+    """ffn_down: product of gate's and up's row energies under ffn_norm; attn_output: the value row energy
+    of each column's KV head (GQA: 4 heads share 2 KV heads of dim 3)."""
+    hidden, inter, n_head, n_kv, hd = 6, 5, 4, 2, 3
+    g_attn, g_ffn = RNG.normal(size=hidden), RNG.normal(size=hidden)
+    v, gate, up = RNG.normal(size=(n_kv * hd, hidden)), RNG.normal(size=(inter, hidden)), RNG.normal(size=(inter, hidden))
+    names = ["blk.0.attn_norm.weight", "blk.0.attn_v.weight", "blk.0.attn_output.weight", "blk.0.ffn_norm.weight",
+             "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight", "blk.0.ffn_down.weight"]
+    assert derived_inputs(names) == {"blk.0.attn_v.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"}
+    norms = {"blk.0.attn_norm.weight": g_attn, "blk.0.ffn_norm.weight": g_ffn}
+    tensors = [("blk.0.attn_v.weight", v), ("blk.0.ffn_gate.weight", gate), ("blk.0.ffn_up.weight", up)]
+    imp = derived_importance(names, norms, iter(tensors), n_head, n_kv).entries
+    e_down = ((gate ** 2) @ g_ffn ** 2) * ((up ** 2) @ g_ffn ** 2)
+    np.testing.assert_allclose(imp["blk.0.ffn_down.weight"][0], e_down / e_down.mean(), rtol=1e-5)
+    e_v = (v ** 2) @ g_attn ** 2
+    expect = np.array([e_v[(h // 2) * hd + d] for h in range(n_head) for d in range(hd)])
+    np.testing.assert_allclose(imp["blk.0.attn_output.weight"][0], expect / expect.mean(), rtol=1e-5)
+    np.testing.assert_allclose(imp["blk.0.attn_v.weight"][0], g_attn ** 2, rtol=1e-5)  # norms part kept
+
+
 # --- end to end ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -211,6 +238,17 @@ def test_norm_importance_end_to_end(model_dir: Path, plain_q4: Path, tmp_path: P
     plain = {t.name: bytes(t.data) for t in gguf.GGUFReader(plain_q4).tensors}
     assert ours["blk.0.ffn_down.weight"] == plain["blk.0.ffn_down.weight"]  # no norm feeds it
     assert ours != plain
+
+
+def test_derived_importance_end_to_end(model_dir: Path, plain_q4: Path, tmp_path: Path) -> None:
+    out = tmp_path / "derived.gguf"
+    result = CliRunner().invoke(main, ["convert", str(model_dir), "-o", str(out), "--type", "Q4_K_M",
+                                       "--importance", "derived"])
+    assert result.exit_code == 0, result.output
+    ours = {t.name: bytes(t.data) for t in gguf.GGUFReader(out).tensors}
+    plain = {t.name: bytes(t.data) for t in gguf.GGUFReader(plain_q4).tensors}
+    assert ours["blk.0.ffn_down.weight"] != plain["blk.0.ffn_down.weight"]  # now weighted
+    assert out.stat().st_size == plain_q4.stat().st_size
 
 
 def test_group_size_and_seed(model_dir: Path, plain_q4: Path, tmp_path: Path) -> None:
