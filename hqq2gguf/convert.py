@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -182,6 +183,7 @@ def _write_provenance(writer: gguf.GGUFWriter, source: Source, options: ConvertO
         q = options.quant
         recorded |= {"type": options.recipe.value, "solver": dataclasses.asdict(options.solver),
                      "importance": "imatrix" if options.imatrix is not None else options.importance.value,
+                     "imatrix_sha256": _sha256(options.imatrix) if options.imatrix is not None else None,
                      "pure": q.pure, "leave_output_tensor": q.leave_output_tensor,
                      "output_tensor_type": q.output_tensor_type.name if q.output_tensor_type else None,
                      "token_embedding_type": q.token_embedding_type.name if q.token_embedding_type else None,
@@ -190,6 +192,15 @@ def _write_provenance(writer: gguf.GGUFWriter, source: Source, options: ConvertO
     writer.add_array(PROVENANCE_PREFIX + "tensor_types", types)
     if any(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t]][0] > 1 for t in types):
         writer.add_quantized_by("hqq2gguf")
+
+
+def _sha256(path: Path) -> str:
+    """The imatrix's content hash: which importance data made the file, without recording a path."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def output_path(input_path: Path, options: ConvertOptions, names: NameParts) -> Path:

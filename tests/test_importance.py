@@ -4,6 +4,7 @@ options around them (--imatrix, --importance, --group-size, --seed) end to end o
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from pathlib import Path
 
@@ -193,6 +194,10 @@ def _matrix_entries(model_dir: Path, tmp_path: Path) -> dict[str, tuple[np.ndarr
     return out
 
 
+def _layout(path: Path) -> list[tuple[str, int, int]]:
+    return [(t.name, int(t.tensor_type), int(t.n_bytes)) for t in gguf.GGUFReader(path).tensors]
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -207,7 +212,9 @@ def test_imatrix_changes_blocks_and_is_deterministic(model_dir: Path, plain_q4: 
         assert result.exit_code == 0, result.output
         outs.append(out)
     assert _digest(outs[0]) == _digest(outs[1])
-    assert outs[0].stat().st_size == plain_q4.stat().st_size  # the same types and bytes, other blocks
+    options = json.loads(gguf.GGUFReader(outs[0]).fields["hqq2gguf.options"].contents())
+    assert options["importance"] == "imatrix" and options["imatrix_sha256"] == _digest(imatrix)
+    assert _layout(outs[0]) == _layout(plain_q4)  # the same tensor types and bytes, other blocks
     ours = {t.name: bytes(t.data) for t in gguf.GGUFReader(outs[0]).tensors}
     plain = {t.name: bytes(t.data) for t in gguf.GGUFReader(plain_q4).tensors}
     assert ours["blk.0.attn_q.weight"] != plain["blk.0.attn_q.weight"]
@@ -233,7 +240,7 @@ def test_norm_importance_end_to_end(model_dir: Path, plain_q4: Path, tmp_path: P
     result = CliRunner().invoke(main, ["convert", str(model_dir), "-o", str(out), "--type", "Q4_K_M",
                                        "--importance", "norms"])
     assert result.exit_code == 0, result.output
-    assert out.stat().st_size == plain_q4.stat().st_size
+    assert _layout(out) == _layout(plain_q4)
     ours = {t.name: bytes(t.data) for t in gguf.GGUFReader(out).tensors}
     plain = {t.name: bytes(t.data) for t in gguf.GGUFReader(plain_q4).tensors}
     assert ours["blk.0.ffn_down.weight"] == plain["blk.0.ffn_down.weight"]  # no norm feeds it
@@ -248,7 +255,7 @@ def test_derived_importance_end_to_end(model_dir: Path, plain_q4: Path, tmp_path
     ours = {t.name: bytes(t.data) for t in gguf.GGUFReader(out).tensors}
     plain = {t.name: bytes(t.data) for t in gguf.GGUFReader(plain_q4).tensors}
     assert ours["blk.0.ffn_down.weight"] != plain["blk.0.ffn_down.weight"]  # now weighted
-    assert out.stat().st_size == plain_q4.stat().st_size
+    assert _layout(out) == _layout(plain_q4)
 
 
 def test_group_size_and_seed(model_dir: Path, plain_q4: Path, tmp_path: Path) -> None:
