@@ -1,0 +1,309 @@
+// cuda/kquant.cu -- fused HQQ fit + ggml packing of the K-quant super-blocks (256 elements):
+// Q4_K, Q5_K, Q2_K (x = (d*sc)*q - dmin*mn), Q3_K, Q6_K (x = (d*sc)*q), IQ4_XS (x = (d*sc)*kvalues[q]).
+//
+// One thread solves one super-block, start to finish: it reads the block's values, objective and fitting
+// weights and llama.cpp's answer (fields + codes, computed on the host by ggml), runs the torch solver
+// hqq2gguf/optimize/kquant.py -- per iteration: nearest codes under the snapped fields, score, keep the best;
+// HQ target with lp shrinkage in steps of the sub-block scale; per sub-block weighted least squares, then the
+// integer sub-scale (and min) among round(value / d) +- radius and the current one, on the exact objective;
+// (d, dmin) refit to the target and snapped to fp16; patience early stop per start -- and writes the
+// finished ggml block bytes and its float32 objective. Sub-block state lives in registers/local memory;
+// the 256 values are re-read from global memory (element-major, so a warp's loads are coalesced).
+//
+// Entry points (extern "C", found by name): hqq_q4_k hqq_q5_k hqq_q6_k hqq_q3_k hqq_q2_k hqq_iq4_xs,
+// parameters HQQ_KERNEL_PARAMS (common.cuh).
+//
+// Compile check (CI, scripts/compile_cuda.sh; no GPU needed):
+//   nvcc -std=c++17 -O3 -arch=sm_90 --fmad=false -c cuda/kquant.cu -o /tmp/kquant.o
+// Run time: NVRTC through CuPy (hqq2gguf/cuda/loader.py: cupy.RawModule(code=<this file with the local
+// headers inlined>, options=("-std=c++17", "--fmad=false"))), so users need no nvcc. CPU emulation for the
+// tests (hqq2gguf/cuda/emulate.py):
+//   c++ -std=c++17 -O2 -ffp-contract=off -shared -fPIC -x c++ cuda/kquant.cu -o kquant.so
+#include "common.cuh"
+#include "ggml_blocks.cuh"
+
+namespace hqq {
+
+using KWrite = void (*)(unsigned char*, float, float, const int*, const int*, const signed char*);
+
+// One type (qtypes.py): grid, G sub-blocks of S elements, sub-scale range, min range (MN_HI 0: no mins).
+template <class GridT, int G_, int SC_LO_, int SC_HI_, int MN_HI_, int TYPE_SIZE_, KWrite WRITE>
+struct KType {
+  using Grid = GridT;
+  static constexpr int G = G_, S = 256 / G_, SC_LO = SC_LO_, SC_HI = SC_HI_, MN_HI = MN_HI_;
+  static constexpr int TYPE_SIZE = TYPE_SIZE_;
+  static constexpr bool AFFINE = MN_HI_ > 0;
+  HQQ_FN static void write(unsigned char* o, float d, float dmin, const int* sc, const int* mn, const signed char* q) {
+    WRITE(o, d, dmin, sc, mn, q);
+  }
+};
+
+using Q4_K = KType<IntGrid<0, 15>, 8, 0, 63, 63, 144, write_q4_k>;
+using Q5_K = KType<IntGrid<0, 31>, 8, 0, 63, 63, 176, write_q5_k>;
+using Q6_K = KType<IntGrid<-32, 31>, 16, -128, 127, 0, 210, write_q6_k>;
+using Q3_K = KType<IntGrid<-4, 3>, 16, -32, 31, 0, 110, write_q3_k>;
+using Q2_K = KType<IntGrid<0, 3>, 16, 0, 15, 15, 84, write_q2_k>;
+using IQ4_XS = KType<Iq4Grid, 8, -32, 31, 0, 136, write_iq4_xs>;
+
+// The state of one start (kquant.py's ``st``): fp16 super-scales and integer sub-scales/mins, as float32.
+template <class T>
+struct Fields {
+  float d, dmin;
+  float sc[T::G], mn[T::G];
+};
+
+template <class T>
+struct Best {
+  Fields<T> f;
+  float obj;
+  bool base;  // llama.cpp's own block (its codes, not the nearest ones)
+};
+
+// Sub-block g's (scale, offset) as ggml computes them: (d*sc, -(dmin*mn)).
+template <class T>
+HQQ_FN float sub_scale(const Fields<T>& f, int g) { return f.d * f.sc[g]; }
+template <class T>
+HQQ_FN float sub_offset(const Fields<T>& f, int g) { return T::AFFINE ? -(f.dmin * f.mn[g]) : 0.0f; }
+
+// weighted_sse of sub-block g under (D, B) with the nearest codes.
+template <class T>
+HQQ_FN float sub_sse(const View& v, int g, float D, float B) {
+  const float inv = inv_of(D);
+  return torch_sum<T::S, float>([&](int j) {
+    const int e = g * T::S + j;
+    const float x = v.X(e);
+    const float lv = T::Grid::level(nearest_code<typename T::Grid, T::AFFINE>(x, inv, B));
+    const float r = x - (T::AFFINE ? D * lv + B : D * lv);
+    return r * r * v.W(e);
+  });
+}
+
+// The objective of f: per sub-block into err[], and their sum.
+template <class T>
+HQQ_FN float score(const View& v, const Fields<T>& f, float* err) {
+  for (int g = 0; g < T::G; ++g) err[g] = sub_sse<T>(v, g, sub_scale(f, g), sub_offset(f, g));
+  return torch_sum<T::G, float>([&](int g) { return err[g]; });
+}
+
+// Step 3a: per sub-block weighted least squares of (scale, offset) to the HQ target (fitting weights).
+template <class T>
+HQQ_FN void fit_sub(const View& v, const Config& cfg, const Fields<T>& f, float c, float* s, float* b) {
+  for (int g = 0; g < T::G; ++g) {
+    const float D = sub_scale(f, g), B = sub_offset(f, g);
+    const float inv = inv_of(D), inv_step = hq_inv_step(D, c);
+    auto term = [&](int j, float& lv, float& t) {
+      const float x = v.X(g * T::S + j);
+      lv = T::Grid::level(nearest_code<typename T::Grid, T::AFFINE>(x, inv, B));
+      t = hq_target(x, T::AFFINE ? D * lv + B : D * lv, inv_step, cfg.p_exp, cfg.shrink);
+    };
+    if constexpr (T::AFFINE) {
+      const AffineSums sums = torch_sum<T::S, AffineSums>([&](int j) {
+        float lv, t;
+        term(j, lv, t);
+        return AffineSums::term(lv, t, v.WF(g * T::S + j));
+      });
+      sums.solve(D, B, true, true, s[g], b[g]);
+    } else {
+      s[g] = torch_sum<T::S, ScaleSums>([&](int j) {
+               float lv, t;
+               term(j, lv, t);
+               return ScaleSums::term(lv, t, v.WF(g * T::S + j));
+             }).solve(D);
+      b[g] = 0.0f;
+    }
+  }
+}
+
+// Step 3b (_pick_sub): the integer sub-scale (and min) of each sub-block: the current ones (error err[g])
+// or round(value / d) + offsets in 0, -1, 1, ... +-radius, whichever has the lowest objective (first on ties).
+template <class T>
+HQQ_FN void pick_sub(const View& v, int radius, Fields<T>& f, const float* s, const float* b, const float* err) {
+  const int n = 2 * radius + 1;
+  for (int g = 0; g < T::G; ++g) {
+    const float sc0 = rint_even(ratio(s[g], f.d));
+    const float mn0 = T::AFFINE ? rint_even(ratio(-b[g], f.dmin)) : 0.0f;
+    float best_err = err[g], best_sc = f.sc[g], best_mn = f.mn[g];
+    for (int ki = 0; ki < n; ++ki) {
+      const float sc = clamp(sc0 + (float)nth_offset(ki), (float)T::SC_LO, (float)T::SC_HI);
+      for (int kj = 0; kj < (T::AFFINE ? n : 1); ++kj) {
+        const float mn = T::AFFINE ? clamp(mn0 + (float)nth_offset(kj), 0.0f, (float)T::MN_HI) : 0.0f;
+        const float D = f.d * sc;
+        const float e = sub_sse<T>(v, g, D, T::AFFINE ? -(f.dmin * mn) : 0.0f);
+        if (e < best_err) {
+          best_err = e;
+          best_sc = sc;
+          best_mn = mn;
+        }
+      }
+    }
+    f.sc[g] = best_sc;
+    f.mn[g] = best_mn;
+  }
+}
+
+// Step 4 (_refit_super): (d, dmin) by weighted least squares to the HQ target under the chosen integers and
+// codes, over the whole super-block (one sum of 256 terms), snapped to fp16.
+template <class T>
+HQQ_FN void refit_super(const View& v, const Config& cfg, Fields<T>& f, float c) {
+  float inv[T::G], inv_step[T::G];
+  for (int g = 0; g < T::G; ++g) {
+    inv[g] = inv_of(sub_scale(f, g));
+    inv_step[g] = hq_inv_step(sub_scale(f, g), c);
+  }
+  auto term = [&](int e, float& a, float& t) {
+    const int g = e / T::S;
+    const float D = sub_scale(f, g), B = sub_offset(f, g), x = v.X(e);
+    const float lv = T::Grid::level(nearest_code<typename T::Grid, T::AFFINE>(x, inv[g], B));
+    t = hq_target(x, T::AFFINE ? D * lv + B : D * lv, inv_step[g], cfg.p_exp, cfg.shrink);
+    a = f.sc[g] * lv;
+  };
+  if constexpr (T::AFFINE) {
+    const PairSums sums = torch_sum<256, PairSums>([&](int e) {
+      float a, t;
+      term(e, a, t);
+      return PairSums::term(a, -f.mn[e / T::S], t, v.WF(e));
+    });
+    float d, dmin;
+    sums.solve(f.d, f.dmin, d, dmin);
+    f.d = snap_fp16(d);
+    f.dmin = snap_fp16(dmin);
+  } else {
+    f.d = snap_fp16(torch_sum<256, ScaleSums>([&](int e) {
+                      float a, t;
+                      term(e, a, t);
+                      return ScaleSums::term(a, t, v.WF(e));
+                    }).solve(f.d));
+  }
+}
+
+// One start: improves `best` in place (solve_super's loop for one (start, block) row).
+template <class T>
+HQQ_FN void run_start(const View& v, const Config& cfg, Fields<T> f, Best<T>& best) {
+  float err[T::G], s[T::G], b[T::G];
+  int stall = 0;
+  for (int it = 0;; ++it) {
+    const float obj = score<T>(v, f, err);
+    const bool better = obj < best.obj;
+    if (better) best = Best<T>{f, obj, false};
+    if (it == cfg.iterations) break;
+    const float c = cfg.hq_c[it];
+    fit_sub<T>(v, cfg, f, c, s, b);
+    pick_sub<T>(v, cfg.radius, f, s, b, err);
+    refit_super<T>(v, cfg, f, c);
+    if (cfg.patience && it > 0) {
+      stall = better ? 0 : stall + 1;
+      if (stall >= cfg.patience) break;
+    }
+  }
+}
+
+// _Super.snap: per-sub-block float (scale, offset) -> fp16 super-scales and rounded integers.
+template <class T>
+HQQ_FN Fields<T> snap_fields(const float* s, const float* b) {
+  Fields<T> f;
+  if constexpr (T::SC_LO < 0) {  // signed sub-scales: the largest |scale| goes to the negative end, as llama.cpp
+    float sm = s[0];
+    for (int g = 1; g < T::G; ++g) sm = abs_f(s[g]) > abs_f(sm) ? s[g] : sm;
+    f.d = snap_fp16(sm / (float)T::SC_LO);
+  } else {
+    float sm = s[0];
+    for (int g = 1; g < T::G; ++g) sm = s[g] > sm ? s[g] : sm;
+    f.d = snap_fp16(sm / (float)T::SC_HI);
+  }
+  float mmax = -b[0];
+  for (int g = 1; g < T::G; ++g) mmax = -b[g] > mmax ? -b[g] : mmax;
+  f.dmin = T::AFFINE ? snap_fp16(mmax / (float)T::MN_HI) : 0.0f;
+  for (int g = 0; g < T::G; ++g) {
+    f.sc[g] = clamp(rint_even(ratio(s[g], f.d)), (float)T::SC_LO, (float)T::SC_HI);
+    f.mn[g] = T::AFFINE ? clamp(rint_even(ratio(-b[g], f.dmin)), 0.0f, (float)T::MN_HI) : 0.0f;
+  }
+  return f;
+}
+
+// _extra_starts, in its order: per factor, affine: per-sub-block min/max fits of the range shrunk by f
+// (offsets <= 0); symmetric: f * absmax per sub-block mapped to the lowest (signed types), then highest level.
+template <class T>
+HQQ_FN void run_extra_starts(const View& v, const Config& cfg, const Fields<T>& base, float base_obj,
+                             Best<T>& best_of_all) {
+  float lo[T::G], r[T::G], xm[T::G];
+  for (int g = 0; g < T::G; ++g) {
+    float mn = v.X(g * T::S), mx = mn, am = mn;
+    for (int j = 1; j < T::S; ++j) {
+      const float x = v.X(g * T::S + j);
+      mn = x < mn ? x : mn;
+      mx = x > mx ? x : mx;
+      am = abs_f(x) > abs_f(am) ? x : am;  // the first largest |x|, as argmax
+    }
+    lo[g] = clamp_max(mn, 0.0f);
+    r[g] = mx - lo[g];
+    xm[g] = am;
+  }
+  for (int k = 0; k < cfg.n_factors; ++k) {
+    const float f = cfg.factors[k];
+    const int n_sides = T::AFFINE ? 1 : (T::SC_LO < 0 ? 2 : 1);
+    for (int side = 0; side < n_sides; ++side) {
+      float s[T::G], b[T::G];
+      for (int g = 0; g < T::G; ++g) {
+        if constexpr (T::AFFINE) {
+          s[g] = f * r[g] / (T::Grid::HI - T::Grid::LO);
+          b[g] = clamp_max(lo[g] + cfg.one_minus[k] * r[g] / 2.0f - s[g] * T::Grid::LO, 0.0f);
+        } else {
+          s[g] = f * xm[g] / (n_sides == 2 && side == 0 ? T::Grid::LO : T::Grid::HI);
+          b[g] = 0.0f;
+        }
+      }
+      Best<T> best{base, base_obj, true};  // every start's initial best: llama.cpp's block
+      run_start<T>(v, cfg, snap_fields<T>(s, b), best);
+      if (best.obj < best_of_all.obj) best_of_all = best;  // argmin over starts: the first on ties
+    }
+  }
+}
+
+template <class T>
+HQQ_FN void solve_block(const Inputs& in, const Config& cfg, long long i) {
+  const View v(in, i);
+  Fields<T> base;  // llama.cpp's answer: the first start and the initial best of every start
+  base.d = in.base_d[i];
+  base.dmin = T::AFFINE ? in.base_m[i] : 0.0f;
+  for (int g = 0; g < T::G; ++g) {
+    base.sc[g] = (float)in.base_sc[i * T::G + g];
+    base.mn[g] = T::AFFINE ? (float)in.base_mn[i * T::G + g] : 0.0f;
+  }
+  float base_err[T::G];
+  for (int g = 0; g < T::G; ++g) {
+    const float D = sub_scale(base, g), B = sub_offset(base, g);
+    base_err[g] = torch_sum<T::S, float>([&](int j) {
+      const int e = g * T::S + j;
+      const float y = D * T::Grid::level(v.Q0(e));
+      const float r = v.X(e) - (T::AFFINE ? y + B : y);
+      return r * r * v.W(e);
+    });
+  }
+  const float base_obj = torch_sum<T::G, float>([&](int g) { return base_err[g]; });
+  Best<T> best{base, base_obj, true};
+  run_start<T>(v, cfg, base, best);
+  run_extra_starts<T>(v, cfg, base, base_obj, best);
+
+  signed char q[256];
+  int sc[T::G], mn[T::G];
+  for (int g = 0; g < T::G; ++g) {
+    const float D = sub_scale(best.f, g), B = sub_offset(best.f, g), inv = inv_of(D);
+    for (int j = 0; j < T::S; ++j) {
+      const int e = g * T::S + j;
+      q[e] = (signed char)(best.base ? v.Q0(e) : nearest_code<typename T::Grid, T::AFFINE>(v.X(e), inv, B));
+    }
+    sc[g] = (int)best.f.sc[g];
+    mn[g] = (int)best.f.mn[g];
+  }
+  T::write(in.out + i * T::TYPE_SIZE, best.f.d, best.f.dmin, sc, mn, q);
+  in.out_obj[i] = best.obj;
+}
+
+}  // namespace hqq
+
+HQQ_DEFINE_ENTRY(hqq_q4_k, hqq::solve_block<hqq::Q4_K>)
+HQQ_DEFINE_ENTRY(hqq_q5_k, hqq::solve_block<hqq::Q5_K>)
+HQQ_DEFINE_ENTRY(hqq_q6_k, hqq::solve_block<hqq::Q6_K>)
+HQQ_DEFINE_ENTRY(hqq_q3_k, hqq::solve_block<hqq::Q3_K>)
+HQQ_DEFINE_ENTRY(hqq_q2_k, hqq::solve_block<hqq::Q2_K>)
+HQQ_DEFINE_ENTRY(hqq_iq4_xs, hqq::solve_block<hqq::IQ4_XS>)
