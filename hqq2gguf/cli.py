@@ -104,6 +104,10 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
 @click.option("--seed", type=int, default=None,
               help="Accepted for HQQ compatibility: the solver draws no random numbers, the output is the same "
                    "for every seed.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Where the solver runs: the torch path, the fused CUDA kernels (compiled at run time; needs "
+                   "pip install 'hqq2gguf[cuda]'), or auto (CUDA when usable). cpu stays the default until the "
+                   "kernels have been verified on a GPU (cuda/README.md).")
 @click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama", "importance"]),
               default=None, help="Element weights of the solver's objective (default: llama.cpp's per type; "
                                  "with --imatrix: llama.cpp's imatrix weighting).")
@@ -114,10 +118,11 @@ def convert(model: Path, output: Path | None, outtype: str, force: bool, allow_r
             allow_pickle: bool, model_name: str | None, no_check_finite: bool, recipe: str | None,
             bits: str | None, output_tensor_type: str | None, keep_lm_head_fp16: bool,
             token_embedding_type: str | None, tensor_type: tuple[str, ...], pure: bool, leave_output_tensor: bool,
-            imatrix: Path | None, importance: str, group_size: int | None, seed: int | None,
+            imatrix: Path | None, importance: str, group_size: int | None, seed: int | None, device: str,
             solver_weights: str | None, solver_iterations: int | None) -> None:
     """Convert MODEL (a Hugging Face directory or an F32/F16/BF16 GGUF) into one GGUF file."""
     from hqq2gguf.convert import convert as run_convert
+    from hqq2gguf.cuda import Device
     from hqq2gguf.errors import OptionError
     from hqq2gguf.importance import ImportanceSource
     from hqq2gguf.optimize import SolverConfig, WeightMode
@@ -148,7 +153,8 @@ def convert(model: Path, output: Path | None, outtype: str, force: bool, allow_r
                              quant=QuantOptions.from_cli(tensor_type=tensor_type, output_tensor_type=output_tensor_type,
                                                          token_embedding_type=token_embedding_type, pure=pure,
                                                          leave_output_tensor=leave_output_tensor),
-                             solver=solver, imatrix=imatrix, importance=ImportanceSource(importance))
+                             solver=solver, imatrix=imatrix, importance=ImportanceSource(importance),
+                             device=Device(device))
     if options.recipe is None and (options.quant != QuantOptions()):
         raise OptionError("per-tensor type options need --type (or --bits)")
     result = run_convert(model, options)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from hqq2gguf import PROVENANCE_PREFIX, __version__
+from hqq2gguf.cuda import Device, resolve_device
 from hqq2gguf.errors import MEMORY_HINT, InputError, OutputError, ResourceError
 from hqq2gguf.importance import (
     Importance,
@@ -53,6 +54,8 @@ class ConvertResult:
 def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
     """Convert an HF directory or a GGUF file into one GGUF file; return where it was written."""
     start = time.perf_counter()
+    if options.recipe is not None and options.device is not Device.CPU:  # before any reading: fail early
+        options = dataclasses.replace(options, device=resolve_device(options.device))
     source = open_source(Path(input_path), options)
     planned = [out for step in source.steps for out in step.outputs]
     _check_unique(source, planned)
@@ -161,7 +164,8 @@ def _encode(name: str, tensor: torch.Tensor, out: PlannedTensor, options: Conver
     array = tensor.contiguous().numpy()
     if options.recipe is not None and is_solved(out.out_type):
         try:
-            encoded = encode_solved(name, array, out.out_type, options.solver, importance.for_tensor(name, out.shape))
+            encoded = encode_solved(name, array, out.out_type, options.solver, importance.for_tensor(name, out.shape),
+                                    options.device)
         except MemoryError as e:
             raise ResourceError(f"out of memory solving {list(array.shape)} ({array.nbytes / 2**20:.1f} MiB) as "
                                 f"{out.out_type.name}: {MEMORY_HINT}", tensor=name) from e

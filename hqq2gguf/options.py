@@ -9,6 +9,7 @@ from pathlib import Path
 import gguf
 
 from hqq2gguf.errors import OptionError
+from hqq2gguf.cuda.device import Device
 from hqq2gguf.importance import ImportanceSource
 from hqq2gguf.optimize.config import SolverConfig
 from hqq2gguf.recipes import QuantOptions, Recipe
@@ -88,6 +89,9 @@ class ConvertOptions:
     """llama.cpp's importance matrix (GGUF or legacy .dat): per-column weights of the solver's objective."""
     importance: ImportanceSource = ImportanceSource.NONE
     """Data-free column importance when no imatrix is given (see :mod:`hqq2gguf.importance`)."""
+    device: Device = Device.CPU
+    """Where the solver runs: the torch path (CPU), the fused CUDA kernels, or AUTO (CUDA when usable). The
+    output bytes are meant to be the same (cuda/README.md says how far that is verified)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.outtype, OutType):
@@ -99,6 +103,10 @@ class ConvertOptions:
         if not isinstance(self.importance, ImportanceSource):
             raise OptionError(f"importance must be one of {[s.value for s in ImportanceSource]}, "
                               f"got {self.importance!r}")
+        if not isinstance(self.device, Device):
+            raise OptionError(f"device must be one of {[d.value for d in Device]}, got {self.device!r}")
+        if self.recipe is None and self.device is not Device.CPU:
+            raise OptionError("--device chooses where the quantization solver runs: it needs --type (or --bits)")
         if self.recipe is None and (self.imatrix is not None or self.importance is not ImportanceSource.NONE):
             raise OptionError("--imatrix and --importance need --type (or --bits)")
         if self.model_name is not None and not self.model_name.strip():

@@ -16,6 +16,7 @@ import gguf
 import numpy as np
 import torch
 
+from hqq2gguf.cuda import CUDA_TYPES, Device, solve_cuda_solution
 from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig, solve
 from hqq2gguf.plan import PlanStep
 from hqq2gguf.recipes import ModelInfo, QuantOptions, Recipe, plan_types
@@ -43,10 +44,14 @@ def is_solved(qtype: gguf.GGMLQuantizationType) -> bool:
 
 
 def encode_solved(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
-                  importance: np.ndarray | None = None) -> np.ndarray:
+                  importance: np.ndarray | None = None, device: Device = Device.CPU) -> np.ndarray:
     """HQQ-optimized blocks of ``array`` (numpy order, last axis blocked) as uint8 bytes; logs the error.
 
-    ``importance``: None or (n_expert, ne0) column importance (one row per expert of a 3-D tensor)."""
+    ``importance``: None or (n_expert, ne0) column importance (one row per expert of a 3-D tensor).
+    ``device``: CPU (the torch solver) or CUDA (resolved; the fused kernels for the types they cover)."""
+    run = solve
+    if device is Device.CUDA and qtype in CUDA_TYPES:
+        run = solve_cuda_solution
     start = time.perf_counter()
     n_expert = array.shape[0] if array.ndim == 3 else 1
     experts = array.reshape(n_expert, -1, array.shape[-1])
@@ -54,7 +59,7 @@ def encode_solved(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType
     for e in range(n_expert):
         rows = experts[e].astype(np.float32, copy=False)
         imp = None if importance is None else torch.from_numpy(importance[e])
-        solution = solve(torch.from_numpy(rows), qtype, importance=imp, config=config)
+        solution = run(torch.from_numpy(rows), qtype, importance=imp, config=config)
         packed.append(solution.packed())
         err2 += float(np.square(rows - solution.values, dtype=np.float64).sum())
         norm2 += float(np.square(rows, dtype=np.float64).sum())
