@@ -67,9 +67,15 @@ def llama_cpp_quantize(src: Path, dst: Path, recipe: str, n_threads: int) -> flo
 
 
 def llama_cpp_quantize_imatrix(src: Path, dst: Path, recipe: str, n_threads: int, imatrix: Path,
-                               binary: Path) -> float:
-    """llama.cpp's quantizer WITH an imatrix: the llama-quantize binary (llama-cpp-python's API cannot pass
-    one: its ``imatrix`` field is a pointer to a C++ map). Same recipe and threads; returns wall seconds."""
+                               binary: Path | None) -> float:
+    """llama.cpp's quantizer WITH an imatrix: through llama-cpp-python (the imatrix read and normalized as
+    llama-quantize does, hqq2gguf.importance), or the llama-quantize binary when given; returns wall seconds."""
+    if binary is None:
+        from hqq2gguf.baseline import llama_quantize
+        from hqq2gguf.importance import read_imatrix
+
+        return llama_quantize(src, dst, gguf.LlamaFileType[f"MOSTLY_{recipe}"], nthread=n_threads,
+                              imatrix=read_imatrix(imatrix).entries)
     import subprocess
 
     t0 = time.perf_counter()
@@ -123,7 +129,8 @@ def tensor_layout(path: Path) -> list[tuple[str, str, int]]:
 
 
 def same_layout(a: Path, b: Path) -> bool:
-    return tensor_layout(a) == tensor_layout(b)
+    """Same tensors with the same types and byte sizes (the order may differ: llama-quantize's binary sorts)."""
+    return sorted(tensor_layout(a)) == sorted(tensor_layout(b))
 
 
 TARGET_RECIPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M")
@@ -218,15 +225,13 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="llama.cpp imatrix given to BOTH quantizers (llama.cpp through --llama-quantize)")
 @click.option("--llama-quantize", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="llama.cpp's llama-quantize binary (needed with --imatrix)")
+              help="llama.cpp's llama-quantize binary for the --imatrix runs (default: llama-cpp-python's API)")
 @click.option("--keep-rows", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="an earlier results JSON of the same reference and chunks: its rows for (recipe, quantizer) "
                    "pairs not run now are carried over (e.g. llama.cpp's side, which does not change)")
 def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, corpus: Path, n_threads: int,
          dither_seed: int, workdir: Path, out_dir: Path, quantizers: str, solver_weights: str,
          importance: str, imatrix: Path | None, llama_quantize: Path | None, keep_rows: tuple[Path, ...]) -> None:
-    if imatrix is not None and llama_quantize is None and "llama.cpp" in quantizers:
-        raise click.BadParameter("--imatrix needs --llama-quantize for the llama.cpp side")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     text = corpus.read_bytes()
     cache = workdir / f"{reference.stem}.c{n_ctx}.n{n_chunks}.logits"

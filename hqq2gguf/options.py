@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -103,6 +104,8 @@ class ConvertOptions:
         if not isinstance(self.importance, ImportanceSource):
             raise OptionError(f"importance must be one of {[s.value for s in ImportanceSource]}, "
                               f"got {self.importance!r}")
+        if self.quant.has_imatrix != (self.imatrix is not None):  # llama.cpp's recipe rules read it
+            object.__setattr__(self, "quant", dataclasses.replace(self.quant, has_imatrix=self.imatrix is not None))
         if not isinstance(self.device, Device):
             raise OptionError(f"device must be one of {[d.value for d in Device]}, got {self.device!r}")
         if self.recipe is None and self.device is not Device.CPU:

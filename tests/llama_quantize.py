@@ -45,6 +45,8 @@ class QuantJob:
     dry_run: bool = False
     keep_as: str | None = None
     """Write the quantized file here and keep it (by default it is read back and deleted)."""
+    imatrix: str | None = None
+    """An imatrix file (GGUF or legacy .dat), read with hqq2gguf.importance and passed as llama-quantize does."""
 
 
 @dataclass
@@ -116,6 +118,7 @@ def _worker(jobs_path: str, results_path: str) -> None:
 def _quantize_one(llama_cpp, job: QuantJob, dst: Path, log: list[str]) -> dict:
     from hqq2gguf.baseline import llama_quantize
     from hqq2gguf.errors import Hqq2GgufError
+    from hqq2gguf.importance import read_imatrix
 
     del llama_cpp  # loaded and logging into ``log`` by the worker
     try:
@@ -123,7 +126,8 @@ def _quantize_one(llama_cpp, job: QuantJob, dst: Path, log: list[str]) -> dict:
                        leave_output_tensor=job.leave_output_tensor,
                        output_tensor_type=_ggml_type(job.output_tensor_type) if job.output_tensor_type else None,
                        token_embedding_type=_ggml_type(job.token_embedding_type) if job.token_embedding_type else None,
-                       tensor_types=[(p, _ggml_type(t)) for p, t in job.tensor_types])
+                       tensor_types=[(p, _ggml_type(t)) for p, t in job.tensor_types],
+                       imatrix=read_imatrix(Path(job.imatrix)).entries if job.imatrix else None)
         rc = 0
     except Hqq2GgufError:
         rc = 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gguf
+import numpy as np
 import pytest
 
 import oracle
@@ -121,6 +122,54 @@ def test_types_match_llama_quantize(model: str, recipe: Recipe, option_set: str,
         pytest.skip(f"TINY MODEL {model} NOT BUILT, types NOT checked: {UNBUILT.get(model)}")
     expected = oracle_types[(model, recipe, option_set)]
     assert_same_plan(model_ggufs[model], recipe, quant_options(option_set), expected)
+
+
+IMATRIX_MODELS = ("llama-h256-gqa4-l16", "llama-h576-gqa3-l8", "syn-moe-4x-l16")
+IMATRIX_RECIPES = (Recipe.IQ4_XS, Recipe.IQ4_NL, Recipe.Q4_0, Recipe.Q5_0, Recipe.Q4_K_M, Recipe.Q2_K)
+
+
+def write_full_imatrix(src: Path, dst: Path) -> Path:
+    """A GGUF imatrix with an entry for every quantizable matrix of ``src`` (all ones; counts 1 per expert)."""
+    w = gguf.GGUFWriter(dst, arch="imatrix")
+    w.add_array("imatrix.datasets", ["none"])
+    w.add_uint32("imatrix.chunk_count", 1)
+    w.add_uint32("imatrix.chunk_size", 512)
+    for t in gguf.GGUFReader(src).tensors:
+        if len(t.shape) >= 2 and t.name != "token_embd.weight":
+            n_expert = int(t.shape[2]) if len(t.shape) == 3 else 1
+            w.add_tensor(t.name + ".in_sum2", np.ones(n_expert * int(t.shape[0]), np.float32))
+            w.add_tensor(t.name + ".counts", np.ones(n_expert, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+@pytest.fixture(scope="session")
+def imatrix_oracle(model_ggufs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """llama.cpp's types WITH an imatrix (its has_imatrix rules) for a few models x recipes, one run."""
+    root = tmp_path_factory.mktemp("imatrix")
+    keys = [(m, r) for m in IMATRIX_MODELS if m in model_ggufs for r in IMATRIX_RECIPES]
+    files = {m: write_full_imatrix(model_ggufs[m], root / f"{m}.imatrix.gguf") for m, _ in keys}
+    jobs = [QuantJob(str(model_ggufs[m]), int(r.file_type), dry_run=True, imatrix=str(files[m])) for m, r in keys]
+    return dict(zip(keys, run_quantize(jobs)))
+
+
+@pytest.mark.parametrize("recipe", IMATRIX_RECIPES, ids=lambda r: r.value)
+@pytest.mark.parametrize("model", IMATRIX_MODELS)
+def test_types_with_an_imatrix_match_llama_quantize(model: str, recipe: Recipe, model_ggufs: dict[str, Path],
+                                                    imatrix_oracle: dict) -> None:
+    """--imatrix changes llama.cpp's choice (IQ4_* ffn_down not raised to Q5_K; Q4_0/Q5_0's first eighth of
+    ffn_down raised to Q4_1/Q5_1): our plan with has_imatrix must follow, and differ from the plan without."""
+    if model not in model_ggufs:
+        pytest.skip(f"TINY MODEL {model} NOT BUILT, types NOT checked: {UNBUILT.get(model)}")
+    expected = imatrix_oracle[(model, recipe)]
+    assert expected.ok, expected.log_tail
+    assert_same_plan(model_ggufs[model], recipe, QuantOptions(has_imatrix=True), expected)
+    info, tensors = read_model(model_ggufs[model])
+    if recipe in (Recipe.IQ4_XS, Recipe.IQ4_NL, Recipe.Q4_0, Recipe.Q5_0) and info.n_layer >= 8:
+        assert plan_types(tensors, info, recipe, QuantOptions()) != expected.types
 
 
 def test_every_model_quantizes_by_default(model_ggufs: dict[str, Path], oracle_types: dict) -> None:

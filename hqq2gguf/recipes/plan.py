@@ -71,7 +71,7 @@ class _State:
             if not 0 <= parsed < n_layer:
                 raise InputError(f"bad layer {parsed}: must be in [0, {n_layer})", tensor=name)
             layer = parsed
-        return Site(layer, n_layer, self.model.n_gqa, self.falcon)
+        return Site(layer, n_layer, self.model.n_gqa, self.falcon, self.options.has_imatrix)
 
 
 def plan_types(tensors: Sequence[TensorInfo | tuple], model: ModelInfo, recipe: Recipe,

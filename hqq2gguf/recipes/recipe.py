@@ -166,6 +166,9 @@ class QuantOptions:
     """``--pure``: the default type everywhere (output and token_embd included), no mixture rules."""
     leave_output_tensor: bool = False
     """``--leave-output-tensor``: output.weight keeps its input type."""
+    has_imatrix: bool = False
+    """``--imatrix`` was given: llama.cpp then skips the IQ4_NL/IQ4_XS ffn_down bump to Q5_K and raises the
+    first eighth of Q4_0/Q5_0 ffn_down layers to Q4_1/Q5_1."""
 
     def __post_init__(self) -> None:
         for pattern, qtype in self.tensor_types:

@@ -6,8 +6,8 @@
 * :func:`shape_fallback` -- the type used when ne0 is not a multiple of the chosen block
   (tensor_type_fallback).
 
-Only the branches reachable from the recipes of :class:`~.recipe.Recipe` without an imatrix are ported
-(the IQ1/IQ2/IQ3, Q2_K_S, MXFP4_MOE and imatrix-only branches are not).
+Only the branches reachable from the recipes of :class:`~.recipe.Recipe` are ported, with and without an
+imatrix (the IQ1/IQ2/IQ3, Q2_K_S and MXFP4_MOE branches are not).
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ class Site:
     """n_attention_wv / n_layer."""
     n_gqa: int
     falcon: bool
+    has_imatrix: bool = False
+    """An importance matrix was given (llama.cpp's qs.has_imatrix): two ffn_down rules depend on it."""
 
     @property
     def more_bits(self) -> bool:
@@ -158,10 +160,13 @@ FFN_DOWN_RULES: dict[Recipe, Rule] = {
     R.Q3_K_L: lambda s: Q.Q4_K if s.falcon else Q.Q5_K,
     R.Q4_K_M: lambda s: ((Q.Q6_K if s.index < s.count // 16 else Q.Q5_K if s.more_bits else Q.Q4_K) if s.falcon
                          else Q.Q6_K if s.more_bits else None),
-    R.IQ4_NL: lambda s: Q.Q5_K if s.index < s.count // 8 else None,
-    R.IQ4_XS: lambda s: Q.Q5_K if s.index < s.count // 8 else None,
+    R.IQ4_NL: lambda s: Q.Q5_K if s.index < s.count // 8 and not s.has_imatrix else None,
+    R.IQ4_XS: lambda s: Q.Q5_K if s.index < s.count // 8 and not s.has_imatrix else None,
     R.Q5_K_M: lambda s: Q.Q6_K if s.more_bits else None,
     R.Q4_K_S: lambda s: Q.Q5_K if not s.falcon and s.index < s.count // 8 else None,
+    # "guard against craziness in the first few ffn_down layers", only with an imatrix
+    R.Q4_0: lambda s: Q.Q4_1 if s.has_imatrix and s.index < s.count // 8 else None,
+    R.Q5_0: lambda s: Q.Q5_1 if s.has_imatrix and s.index < s.count // 8 else None,
 }
 
 # attn_output: dense non-Falcon models, 8-expert models, Falcon
