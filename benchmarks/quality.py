@@ -229,9 +229,12 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 @click.option("--keep-rows", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="an earlier results JSON of the same reference and chunks: its rows for (recipe, quantizer) "
                    "pairs not run now are carried over (e.g. llama.cpp's side, which does not change)")
+@click.option("--only-missing", is_flag=True,
+              help="with --keep-rows: carry every kept row and run only the (recipe, quantizer) pairs they lack")
 def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, corpus: Path, n_threads: int,
          dither_seed: int, workdir: Path, out_dir: Path, quantizers: str, solver_weights: str,
-         importance: str, imatrix: Path | None, llama_quantize: Path | None, keep_rows: tuple[Path, ...]) -> None:
+         importance: str, imatrix: Path | None, llama_quantize: Path | None, keep_rows: tuple[Path, ...],
+         only_missing: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     text = corpus.read_bytes()
     cache = workdir / f"{reference.stem}.c{n_ctx}.n{n_chunks}.logits"
@@ -254,10 +257,14 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
         if (old["reference"], old["n_chunks"], old["n_ctx"]) != (str(reference), n_chunks, n_ctx):
             raise click.BadParameter(f"{kept} was made with another reference or chunking")
         doc["rows"] += [r | {"carried_from": str(kept)} for r in old["rows"]
-                        if r["recipe"] in wanted and r["quantizer"] not in chosen and Path(r["file"]).exists()]
+                        if r["recipe"] in wanted and (r["quantizer"] not in chosen or only_missing)
+                        and Path(r["file"]).exists()]
     doc["rows"].sort(key=lambda r: wanted.index(r["recipe"]))
     doc["same_layout"] = {}
+    done = {(r["recipe"], r["quantizer"]) for r in doc["rows"]}
     for recipe, quantizer in [(r.strip(), q) for r in recipes.split(",") if r.strip() for q in chosen]:
+        if (recipe, quantizer) in done:  # carried over (--only-missing)
+            continue
         tag = f"{quantizer}-{solver_weights}-{importance}" if quantizer == "hqq2gguf" else quantizer
         tag += "-imatrix" if imatrix is not None else ""
         dst = workdir / f"{reference.stem}.{tag}.{recipe}.gguf"
