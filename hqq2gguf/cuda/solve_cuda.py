@@ -24,9 +24,8 @@ from hqq2gguf import ggml_ref, pack
 from hqq2gguf.cuda import loader
 from hqq2gguf.errors import DeviceError, InputError, UnsupportedError
 from hqq2gguf.optimize import Solution, SolverConfig, block_objective, element_weights
-from hqq2gguf.optimize.core import TINY
 # The torch path's own input checks and fitting-weight floor: one definition, so the contracts cannot drift.
-from hqq2gguf.optimize.solver import _FIT_WEIGHT_FLOOR, _checked_rows, _solver_spec
+from hqq2gguf.optimize.solver import checked_rows, fitting_weights, solver_spec
 from hqq2gguf.optimize.weights import checked_importance
 from hqq2gguf.pack import Fields
 from hqq2gguf.qtypes import Kind, QuantSpec
@@ -136,11 +135,11 @@ def _run(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, importance: torch.Te
 def prepare(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, importance: torch.Tensor | None,
             config: SolverConfig, base_fields: Fields | None) -> Prepared:
     """The host half before the loop: exactly the torch path's steps (solver.solve) up to the chunked loop."""
-    spec = _solver_spec(qtype)
+    spec = solver_spec(qtype)
     if spec.qtype not in loader.KERNELS:
         raise UnsupportedError(f"no CUDA kernel for {spec.name}: use --device cpu "
                                f"(kernels exist for {', '.join(t.name for t in CUDA_TYPES)})")
-    x32 = _checked_rows(x, spec)
+    x32 = checked_rows(x, spec)
     rows, ne0 = x32.shape
     B = spec.block_size
     imp = checked_importance(importance, ne0, spec.name)
@@ -155,7 +154,7 @@ def prepare(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, importance: torch
     w_rows = element_weights(xt.to(torch.float64), spec, config.weights, imp)
     w64 = w_rows.numpy().reshape(-1, B)
     w = w_rows.to(torch.float32).reshape(-1, B)
-    wfit = w + (_FIT_WEIGHT_FLOOR * w.mean(dim=1, keepdim=True) + TINY)
+    wfit = fitting_weights(w)
     base_obj = block_objective(x32.reshape(-1, B), pack.decode(spec.qtype, base_fields), w64)
     f = base_fields
     m, sc, mn = (f.dmin, f.sc, f.mn) if spec.kind is Kind.SUPER else (f.m, None, None)

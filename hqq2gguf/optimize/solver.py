@@ -67,8 +67,8 @@ def quantize_tensor(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, import
 def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torch.Tensor | None = None,
           config: SolverConfig = SolverConfig()) -> Solution:
     """As :func:`quantize_tensor`, returning the fields, decoded values and per-block objectives."""
-    spec = _solver_spec(qtype)
-    x32 = _checked_rows(x, spec)
+    spec = solver_spec(qtype)
+    x32 = checked_rows(x, spec)
     rows, ne0 = x32.shape
     imp = checked_importance(importance, ne0, spec.name)
     base_bytes = ggml_ref.ggml_quantize(spec.qtype, x32, None if imp is None else imp.numpy().astype(np.float32))
@@ -78,7 +78,7 @@ def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torc
     w64 = w_rows.numpy().reshape(-1, spec.block_size)
     xb, w = x.reshape(-1, spec.block_size), w_rows.to(torch.float32).reshape(-1, spec.block_size)
     base_obj = block_objective(x32.reshape(xb.shape), pack.decode(spec.qtype, base_fields), w64)
-    wfit = w + (_FIT_WEIGHT_FLOOR * w.mean(dim=1, keepdim=True) + TINY)
+    wfit = fitting_weights(w)
     base = _state_of(base_fields)
     solver = solve_super if spec.kind is Kind.SUPER else solve_block_scale
     def run(sl: slice) -> dict[str, torch.Tensor]:
@@ -118,7 +118,13 @@ def block_objective(x: np.ndarray, values: np.ndarray, w: np.ndarray) -> np.ndar
     return (w * e * e).sum(axis=1)
 
 
-def _solver_spec(qtype: gguf.GGMLQuantizationType) -> QuantSpec:
+def fitting_weights(w: torch.Tensor) -> torch.Tensor:
+    """The weights the free parameters are fitted with: the objective's, floored so that a block of zero
+    weights still has a well-posed fit (the CUDA path uses the same)."""
+    return w + (_FIT_WEIGHT_FLOOR * w.mean(dim=1, keepdim=True) + TINY)
+
+
+def solver_spec(qtype: gguf.GGMLQuantizationType) -> QuantSpec:
     s = spec_of(qtype)
     if s.qtype not in SOLVER_TYPES:
         known = ", ".join(t.name for t in SOLVER_TYPES)
@@ -126,7 +132,7 @@ def _solver_spec(qtype: gguf.GGMLQuantizationType) -> QuantSpec:
     return s
 
 
-def _checked_rows(x: object, spec: QuantSpec) -> np.ndarray:
+def checked_rows(x: object, spec: QuantSpec) -> np.ndarray:
     t = torch.as_tensor(x).detach().cpu()
     if t.dim() != 2 or not t.is_floating_point():
         raise InputError(f"{spec.name}: expected a 2-D float tensor (rows, ne0), got {t.dtype} {tuple(t.shape)}")
