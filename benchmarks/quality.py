@@ -195,6 +195,21 @@ def render_markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def rerender(results: Path) -> Path:
+    """Re-check the layouts of a results JSON's files and re-render its Markdown with this code (the
+    target column and layout check of results made before they existed, or after rows were carried)."""
+    doc = json.loads(results.read_text())
+    doc["same_layout"] = {}
+    for recipe in dict.fromkeys(r["recipe"] for r in doc["rows"]):
+        files = {r["quantizer"]: Path(r["file"]) for r in doc["rows"] if r["recipe"] == recipe}
+        if len(files) == 2 and all(f.exists() for f in files.values()):
+            doc["same_layout"][recipe] = same_layout(files["llama.cpp"], files["hqq2gguf"])
+    results.write_text(json.dumps(doc, indent=1) + "\n")
+    md = results.with_suffix(".md")
+    md.write_text(render_markdown(doc))
+    return md
+
+
 def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / f"quality_{doc['name']}.json", out_dir / f"quality_{doc['name']}.md"
@@ -291,4 +306,7 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--rerender"]:  # python benchmarks/quality.py --rerender RESULTS.json
+        click.echo(f"wrote {rerender(Path(sys.argv[2]))}")
+    else:
+        main()

@@ -168,10 +168,8 @@ def test_derived_importance_of_attn_output_and_ffn_down() -> None:
 # --- end to end ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    import tiny_models
-
-    return tiny_models.build_tiny_model(SPEC, tmp_path_factory.mktemp("imp") / SPEC.name)
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir(SPEC)  # the session's shared build of test_quantize's model
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ RECIPES = ["Q4_K_M", "Q3_K_S"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_models.build_tiny_model(SPEC, tmp_path_factory.mktemp("q") / SPEC.name)
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir(SPEC)
 
 
 @pytest.fixture(scope="module")
