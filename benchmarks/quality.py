@@ -199,15 +199,25 @@ def rerender(results: Path) -> Path:
     """Re-check the layouts of a results JSON's files and re-render its Markdown with this code (the
     target column and layout check of results made before they existed, or after rows were carried)."""
     doc = json.loads(results.read_text())
-    doc["same_layout"] = {}
-    for recipe in dict.fromkeys(r["recipe"] for r in doc["rows"]):
-        files = {r["quantizer"]: Path(r["file"]) for r in doc["rows"] if r["recipe"] == recipe}
-        if len(files) == 2 and all(f.exists() for f in files.values()):
-            doc["same_layout"][recipe] = same_layout(files["llama.cpp"], files["hqq2gguf"])
+    doc["same_layout"] = check_layouts(doc["rows"], doc.get("same_layout", {}))
     results.write_text(json.dumps(doc, indent=1) + "\n")
     md = results.with_suffix(".md")
     md.write_text(render_markdown(doc))
     return md
+
+
+def check_layouts(rows: list[dict], known: dict[str, bool]) -> dict[str, bool]:
+    """Per recipe with both quantizers' rows: are the files' tensor types and byte sizes identical? Checked on
+    the files where both still exist, else the verdict ``known`` from when they did (files are deleted after
+    a run to save disk)."""
+    out = {}
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        files = {r["quantizer"]: Path(r["file"]) for r in rows if r["recipe"] == recipe}
+        if len(files) == 2 and all(f.exists() for f in files.values()):
+            out[recipe] = same_layout(files["llama.cpp"], files["hqq2gguf"])
+        elif recipe in known:
+            out[recipe] = known[recipe]
+    return out
 
 
 def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
@@ -267,15 +277,16 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
     if unknown:
         raise click.BadParameter(f"unknown quantizers {unknown} (known: {sorted(QUANTIZERS)})")
     wanted = [r.strip() for r in recipes.split(",") if r.strip()]
+    known_layout: dict[str, bool] = {}
     for kept in keep_rows:
         old = json.loads(kept.read_text())
         if (old["reference"], old["n_chunks"], old["n_ctx"]) != (str(reference), n_chunks, n_ctx):
             raise click.BadParameter(f"{kept} was made with another reference or chunking")
         doc["rows"] += [r | {"carried_from": str(kept)} for r in old["rows"]
-                        if r["recipe"] in wanted and (r["quantizer"] not in chosen or only_missing)
-                        and Path(r["file"]).exists()]
+                        if r["recipe"] in wanted and (r["quantizer"] not in chosen or only_missing)]
+        known_layout |= old.get("same_layout", {})
     doc["rows"].sort(key=lambda r: wanted.index(r["recipe"]))
-    doc["same_layout"] = {}
+    doc["same_layout"] = check_layouts(doc["rows"], known_layout)
     done = {(r["recipe"], r["quantizer"]) for r in doc["rows"]}
     for recipe, quantizer in [(r.strip(), q) for r in recipes.split(",") if r.strip() for q in chosen]:
         if (recipe, quantizer) in done:  # carried over (--only-missing)
@@ -293,9 +304,7 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
         result = evaluate(dst, reference, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,
                           ref_cache=cache)
         doc["rows"].append(row(recipe, quantizer, dst, quant_seconds, result))
-        files = {r["quantizer"]: Path(r["file"]) for r in doc["rows"] if r["recipe"] == recipe}
-        if len(files) == 2:
-            doc["same_layout"][recipe] = same_layout(files["llama.cpp"], files["hqq2gguf"])
+        doc["same_layout"] = check_layouts(doc["rows"], doc["same_layout"])
         logger.info("%s: %d bytes, KLD %.5f, top-1 %.1f%%, PPL %.3f (quantize %.1f s, eval %.1f s)", recipe,
                     dst.stat().st_size, result.kld_mean, 100 * result.same_top, result.ppl, quant_seconds,
                     result.test_seconds)
