@@ -17,6 +17,7 @@ import torch
 from hqq2gguf import ggml_ref
 from hqq2gguf.errors import InputError, OptionError, UnsupportedError
 from hqq2gguf.optimize import SOLVER_TYPES, Preset, SolverConfig, WeightMode, element_weights, quantize_tensor, solve
+from hqq2gguf.optimize import solver as solver_module
 from hqq2gguf.qtypes import spec
 
 Q = gguf.GGMLQuantizationType
@@ -91,18 +92,30 @@ def test_bytes_decode_to_solution_and_never_worse(qtype: Q, kind: str, mode: Wei
 
 @pytest.mark.parametrize("qtype", SOLVER_TYPES, ids=lambda t: t.name)
 def test_deterministic_and_chunk_independent(qtype: Q) -> None:
-    """Same bytes on a rerun, in smaller chunks (the per-block early stop must not see its chunk), and with
-    another torch thread count, and with chunks solved side by side by worker threads."""
+    """Same bytes on a rerun, in smaller row parts (the per-block early stop must not see its part), and with
+    another torch thread count, and with parts solved side by side by worker threads."""
     x = torch.from_numpy(_data("student_t", seed=3))
     a = quantize_tensor(x, qtype, config=FAST)
     b = quantize_tensor(x.clone(), qtype, config=FAST)
     c = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, chunk_blocks=3))
     d = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, chunk_blocks=5, threads=2))
-    e = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, workers=3))  # 3 chunks on 3 threads
+    e = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, workers=3))  # 3 parts on 3 threads
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(a, d)
     np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize(("rows", "per_row", "chunk", "workers"),
+                         [(1, 6, 4096, 2), (7, 6, 4096, 2), (100, 6, 13, 1), (100, 6, 3, 4), (5, 40, 4096, 8),
+                          (4096, 6, 4096, 2), (3, 1, 1, 1)])
+def test_row_parts_cover_every_row_once_within_the_chunk_bound(rows: int, per_row: int, chunk: int,
+                                                               workers: int) -> None:
+    parts = solver_module._row_parts(rows, per_row, chunk, workers)
+    covered = [r for sl in parts for r in range(rows)[sl]]
+    assert covered == list(range(rows))
+    assert all(sl.stop - sl.start <= max(1, chunk // per_row) for sl in parts)  # one row at least
+    assert len(parts) >= min(workers, rows)
 
 
 def test_thorough_preset_is_at_least_as_good_in_total() -> None:

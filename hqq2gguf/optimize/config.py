@@ -76,14 +76,16 @@ class SolverConfig:
     """A (start, block) pair stops iterating after this many iterations in a row without improving its best
     (0: never; all run ``iterations``). Per block, so results do not depend on chunking."""
     chunk_blocks: int = 4096
-    """Blocks solved together (memory bound: about 30 float32 copies of chunk_blocks * block * starts)."""
+    """Blocks solved together: a tensor is cut into parts of whole rows holding at most this many blocks
+    (one row at least); memory bound: about 30 float32 copies of chunk_blocks * block * starts."""
     threads: int = 1
     """torch intra-op threads while solving (0: leave torch's setting alone). 1 by default: the loop is many
     small memory-bound ops, and on a busy 2-core machine 2 OpenMP threads measured 10x SLOWER than 1;
     the parallelism comes from ``workers`` instead."""
     workers: int = 0
-    """Chunks of blocks solved at the same time by this many threads, each running single-threaded torch
-    ops (0: one per CPU this process may use). The output does not depend on it."""
+    """Row parts solved at the same time by this many threads, each running every step of its part (llama.cpp's
+    answer, weights, loop, re-check) with single-threaded torch ops (0: one per CPU this process may use).
+    The output does not depend on it."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, WeightMode):

@@ -3,7 +3,8 @@
     x (rows, ne0) --llama.cpp's answer (ggml_ref) + extra starts--> half-quadratic loop per block
       --keep the best per block, never worse than llama.cpp's--> fields --pack--> uint8 (rows, row_bytes)
 
-Pure PyTorch on the CPU, vectorized over all blocks of a chunk; the CUDA kernels reproduce it.
+Pure PyTorch on the CPU, vectorized over all blocks of a row part, parts side by side on worker threads;
+the CUDA kernels reproduce it.
 """
 
 from __future__ import annotations
@@ -66,11 +67,33 @@ def quantize_tensor(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, import
 
 def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torch.Tensor | None = None,
           config: SolverConfig = SolverConfig()) -> Solution:
-    """As :func:`quantize_tensor`, returning the fields, decoded values and per-block objectives."""
+    """As :func:`quantize_tensor`, returning the fields, decoded values and per-block objectives.
+
+    The rows are cut into parts of at most ``config.chunk_blocks`` blocks (and at least one per worker);
+    every step of a part (llama.cpp's answer, the weights, the loop, the float64 re-check) runs in one of
+    ``config.workers`` threads. Every block is solved on its own, so the parts never change the result."""
     spec = solver_spec(qtype)
     x32 = checked_rows(x, spec)
     rows, ne0 = x32.shape
     imp = checked_importance(importance, ne0, spec.name)
+    workers = config.worker_count()
+
+    def run(sl: slice) -> Solution:
+        return _solve_rows(spec, x32[sl], imp, config)
+
+    parts = _row_parts(rows, ne0 // spec.block_size, config.chunk_blocks, workers)
+    with _threads(config.threads):
+        if len(parts) == 1 or workers == 1:
+            solutions = [run(sl) for sl in parts]
+        else:  # ggml (ctypes), numpy and torch release the GIL: parts run truly in parallel
+            with ThreadPoolExecutor(workers, thread_name_prefix="hqq-solve") as pool:
+                solutions = list(pool.map(run, parts))
+    return solutions[0] if len(solutions) == 1 else _concat(spec, solutions)
+
+
+def _solve_rows(spec: QuantSpec, x32: np.ndarray, imp: torch.Tensor | None, config: SolverConfig) -> Solution:
+    """:func:`solve` on checked rows (rows, ne0) float32, in the calling thread."""
+    rows, ne0 = x32.shape
     base_bytes = ggml_ref.ggml_quantize(spec.qtype, x32, None if imp is None else imp.numpy().astype(np.float32))
     base_fields = pack.unpack(spec.qtype, base_bytes)
     x = torch.from_numpy(x32)
@@ -78,20 +101,8 @@ def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torc
     w64 = w_rows.numpy().reshape(-1, spec.block_size)
     xb, w = x.reshape(-1, spec.block_size), w_rows.to(torch.float32).reshape(-1, spec.block_size)
     base_obj = block_objective(x32.reshape(xb.shape), pack.decode(spec.qtype, base_fields), w64)
-    wfit = fitting_weights(w)
-    base = _state_of(base_fields)
     solver = solve_super if spec.kind is Kind.SUPER else solve_block_scale
-    def run(sl: slice) -> dict[str, torch.Tensor]:
-        return solver(spec, xb[sl], w[sl], wfit[sl], {k: v[sl] for k, v in base.items()}, config)
-
-    workers = config.worker_count()
-    with _threads(config.threads):
-        if workers == 1:
-            parts = [run(sl) for sl in _chunks(xb.shape[0], config.chunk_blocks, 1)]
-        else:  # torch ops release the GIL: chunks run truly in parallel, each on one intra-op thread
-            with ThreadPoolExecutor(workers, thread_name_prefix="hqq-solve") as pool:
-                parts = list(pool.map(run, _chunks(xb.shape[0], config.chunk_blocks, workers)))
-    best = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    best = solver(spec, xb, w, fitting_weights(w), _state_of(base_fields), config)
     fields = _fields_of(spec, best)
     values = pack.decode(spec.qtype, fields)
     obj = block_objective(xb.numpy(), values, w64)
@@ -104,12 +115,25 @@ def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torc
     return Solution(spec.qtype, fields, values.reshape(rows, ne0), obj, base_obj, w_rows.numpy())
 
 
-def _chunks(n: int, chunk_blocks: int, workers: int) -> list[slice]:
-    """Slices of ``n`` blocks: at most ``chunk_blocks`` each, and at least ``workers`` of them when there
-    are that many blocks (every block is solved on its own, so the split never changes the result)."""
-    n_chunks = max(-(-n // chunk_blocks), min(workers, n), 1)
-    size = -(-n // n_chunks)
-    return [slice(i, i + size) for i in range(0, n, size)]
+def _row_parts(rows: int, blocks_per_row: int, chunk_blocks: int, workers: int) -> list[slice]:
+    """Slices of whole rows: at most ``chunk_blocks`` blocks each (one row at least), and at least
+    ``workers`` of them when there are that many rows."""
+    per_part = max(1, chunk_blocks // blocks_per_row)
+    n_parts = max(-(-rows // per_part), min(workers, rows), 1)
+    size = -(-rows // n_parts)
+    return [slice(i, i + size) for i in range(0, rows, size)]
+
+
+def _concat(spec: QuantSpec, parts: list[Solution]) -> Solution:
+    """The solutions of consecutive row parts as one."""
+    def cat(name: str) -> np.ndarray | None:
+        first = getattr(parts[0].fields, name)
+        return None if first is None else np.concatenate([getattr(p.fields, name) for p in parts])
+
+    names = ("d", "dmin", "sc", "mn", "q") if spec.kind is Kind.SUPER else ("d", "m", "q")
+    fields = type(parts[0].fields)(*(cat(n) for n in names))
+    return Solution(spec.qtype, fields, *(np.concatenate([getattr(p, a) for p in parts])
+                                          for a in ("values", "objective", "baseline_objective", "weights")))
 
 
 def block_objective(x: np.ndarray, values: np.ndarray, w: np.ndarray) -> np.ndarray:
