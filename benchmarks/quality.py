@@ -168,7 +168,7 @@ def render_markdown(doc: dict) -> str:
              + (f" (README: {pub['ppl_ref']})" if pub else "") + ".", "",
              f"Command: `{doc['command']}`"
              + (f" (rows of {', '.join(f'`{c}`' for c in carried)} carried over: same reference, chunks and "
-                "quantizer code)" if carried else ""), "",
+                "quantizer code; the command that produced each row is in the JSON)" if carried else ""), "",
              f"Machine: {doc['machine']['processor'] or doc['machine']['platform']}, "
              f"{doc['machine']['cpu_count']} CPUs, {doc['n_threads']} threads; llama-cpp-python "
              f"{doc['machine']['llama_cpp_python']}.", "",
@@ -282,7 +282,7 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
         old = json.loads(kept.read_text())
         if (old["reference"], old["n_chunks"], old["n_ctx"]) != (str(reference), n_chunks, n_ctx):
             raise click.BadParameter(f"{kept} was made with another reference or chunking")
-        doc["rows"] += [r | {"carried_from": str(kept)} for r in old["rows"]
+        doc["rows"] += [{"command": old["command"]} | r | {"carried_from": str(kept)} for r in old["rows"]
                         if r["recipe"] in wanted and (r["quantizer"] not in chosen or only_missing)]
         known_layout |= old.get("same_layout", {})
     doc["rows"].sort(key=lambda r: wanted.index(r["recipe"]))
