@@ -28,6 +28,7 @@ import gguf
 import numpy as np
 
 from hqq2gguf.runtime.evaluate import EvalResult, evaluate, reference_cache
+from hqq2gguf.runtime.metrics import paired_kld_ratio
 
 logger = logging.getLogger("quality")
 
@@ -157,7 +158,7 @@ def render_markdown(doc: dict) -> str:
     head = ["recipe"]
     for q in QUANTIZERS:
         head += [f"{q} bytes", f"{q} mean KLD", f"{q} KLD p99", f"{q} top-1", f"{q} PPL"]
-    head += ["KLD ratio hqq2gguf/llama.cpp", "target met", "tensor types+bytes identical"]
+    head += ["KLD ratio hqq2gguf/llama.cpp", "paired ratio ± 2 s.e.", "target met", "tensor types+bytes identical"]
     if pub:
         head += ["README bytes", "README KLD", "README top-1"]
     lines = [f"# Quality vs the dithered F16 reference: {doc['name']}", "",
@@ -182,6 +183,12 @@ def render_markdown(doc: dict) -> str:
         a, b = by.get((recipe, "llama.cpp")), by.get((recipe, "hqq2gguf"))
         ratio = b["kld_mean"] / a["kld_mean"] if a and b else None
         cells.append(f"{ratio:.3f}" if ratio is not None else "")
+        paired = a and b and a.get("chunk_kld") and b.get("chunk_kld")
+        if paired:
+            pr, se = paired_kld_ratio(b["chunk_kld"], a["chunk_kld"])
+            cells.append(f"{pr:.3f} ± {2 * se:.3f}")
+        else:
+            cells.append("")
         cells.append(target(recipe, ratio, bool(doc.get("imatrix"))) if ratio is not None else "")
         layout = doc.get("same_layout", {}).get(recipe)
         cells.append("" if layout is None else ("yes" if layout else "NO"))
@@ -189,6 +196,9 @@ def render_markdown(doc: dict) -> str:
             p = pub.get(recipe)
             cells += ([f"{p[0]:,}" if p[0] else "", f"{p[1]}", f"{p[2]}%"] if p else ["", "", ""])
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Paired ratio: the two files' mean KLDs on the same chunks, ± 2 standard errors of the ratio "
+              "estimator over chunks (runtime.metrics.paired_kld_ratio); a ratio whose interval includes 1.0 is "
+              "no measurable difference. Blank where a row predates per-chunk KLDs."]
     lines += ["", "Times (s): " + ", ".join(
         f"{r['recipe']}/{r['quantizer']}: quantize {r['quant_seconds']:.1f}, eval {r['test_seconds']:.1f}"
         for r in rows), ""]

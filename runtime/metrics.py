@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -156,6 +156,22 @@ def mean_and_uncertainty(values: np.ndarray) -> tuple[float, float]:
     return mean, math.sqrt(var / (n - 1)) if var > 0 and n > 10 else 0.0
 
 
+def paired_kld_ratio(test_chunks: Sequence[float], base_chunks: Sequence[float]) -> tuple[float, float]:
+    """Mean-KLD ratio test/base of two files scored on the same chunks, and its standard error.
+
+    The ratio estimator over chunks (``sum test / sum base``; error from the chunk-paired residuals
+    ``test - ratio * base``): tokens within a chunk are correlated, chunks much less, and pairing removes the
+    text's own difficulty that both files share."""
+    t, b = np.asarray(test_chunks, np.float64), np.asarray(base_chunks, np.float64)
+    if t.shape != b.shape or t.ndim != 1 or len(t) < 2:
+        raise ValueError(f"need two equal lists of >= 2 chunk means, got {len(t)} and {len(b)}")
+    if b.sum() <= 0:
+        raise ValueError("the base file's KLD is zero: no ratio")
+    ratio = float(t.sum() / b.sum())
+    resid = t - ratio * b
+    return ratio, float(resid.std(ddof=1) / math.sqrt(len(t)) / b.mean())
+
+
 def percentile(sorted_values: np.ndarray, fraction: float) -> float:
     """llama.cpp's percentile: linear interpolation at ``fraction * (n - 1)`` of the sorted values."""
     if fraction <= 0:
@@ -193,6 +209,9 @@ class EvalResult:
     same_top_unc: float
     test_seconds: float
     ref_seconds: float
+    chunk_kld: tuple[float, ...] = field(default=(), repr=False)
+    """Mean KLD of each chunk's scored tokens, in chunk order: paired comparisons of two files on the same
+    tokens (their spread is the evaluation's own uncertainty)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,6 +240,7 @@ def summarize(stats: TokenStats, *, test: str, reference: str, n_ctx: int, n_chu
         kld_max=float(kld_sorted[-1]), same_top=p_top,
         same_top_unc=math.sqrt(p_top * (1 - p_top) / (n - 1)) if n > 1 else 0.0,
         test_seconds=test_seconds, ref_seconds=ref_seconds,
+        chunk_kld=tuple(float(k.mean()) if len(k) else 0.0 for k in stats.kld),
     )
 
 

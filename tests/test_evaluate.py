@@ -129,6 +129,21 @@ def test_statistics_like_llama_cpp() -> None:
         assert mt.percentile(s, f) == pytest.approx(np.percentile(x, 100 * f))
 
 
+def test_paired_kld_ratio_and_its_error() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.exponential(0.1, size=20)  # chunk means: the text's difficulty varies a lot between chunks
+    ratio, se = mt.paired_kld_ratio(0.9 * base, base)
+    assert ratio == pytest.approx(0.9) and se == pytest.approx(0.0, abs=1e-12)  # pairing removes shared difficulty
+    noisy = 0.9 * base * rng.normal(1.0, 0.05, size=20)
+    ratio, se = mt.paired_kld_ratio(noisy, base)
+    assert ratio == pytest.approx(noisy.sum() / base.sum())
+    assert 0.0 < se < 0.05 and abs(ratio - 0.9) < 4 * se
+    with pytest.raises(ValueError, match="equal"):
+        mt.paired_kld_ratio([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError, match="zero"):
+        mt.paired_kld_ratio([0.1, 0.2], [0.0, 0.0])
+
+
 # ------------------------------------------------------------------------------------ end to end
 
 
@@ -147,11 +162,13 @@ def test_model_against_itself(tiny_gguf: Path, tmp_path: Path) -> None:
     assert result.n_chunks == N_CHUNKS
     assert result.n_tokens_scored == N_CHUNKS * mt.n_scored(N_CTX)
     assert abs(result.kld_mean) < 1e-5 and result.kld_max < 1e-4
+    assert len(result.chunk_kld) == N_CHUNKS and sum(result.chunk_kld) / N_CHUNKS == pytest.approx(result.kld_mean)
     assert result.same_top == 1.0
     assert result.ppl == pytest.approx(result.ppl_ref, rel=1e-3)
     cached = ev.evaluate(tiny_gguf, tiny_gguf, TEXT, n_ctx=N_CTX, n_chunks=N_CHUNKS, n_threads=2,
                          ref_cache=tmp_path / "ref.logits")
     assert cached.kld_mean == pytest.approx(result.kld_mean, abs=1e-9)
+    assert cached.chunk_kld == pytest.approx(result.chunk_kld, abs=1e-9)
     assert cached.ppl == pytest.approx(result.ppl, rel=1e-6)
     assert ev.ReferenceFile(tmp_path / "ref.logits").n_chunks == N_CHUNKS
 
