@@ -87,7 +87,7 @@ def llama_cpp_quantize_imatrix(src: Path, dst: Path, recipe: str, n_threads: int
     return time.perf_counter() - t0
 
 
-def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_weights: str = "llama",
+def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_weights: str = "auto",
                       importance: str = "none", imatrix: Path | None = None) -> float:
     """Quantize ``src`` to ``dst`` with hqq2gguf --type RECIPE; returns wall seconds."""
     from hqq2gguf.convert import convert
@@ -252,7 +252,8 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
 @click.option("--quantizers", default="llama.cpp,hqq2gguf", show_default=True,
               help="comma-separated: llama.cpp, hqq2gguf (same reference, recipe, chunks)")
-@click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama", "importance"]), default="llama",
+@click.option("--solver-weights", type=click.Choice(["auto", "none", "abs", "square", "llama", "importance"]),
+              default="auto",
               show_default=True, help="hqq2gguf's objective weights (recorded in the results)")
 @click.option("--importance", type=click.Choice(["none", "norms", "derived"]), default="none",
               show_default=True,

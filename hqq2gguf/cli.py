@@ -108,9 +108,9 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
               help="Where the solver runs: the torch path, the fused CUDA kernels (compiled at run time; needs "
                    "pip install 'hqq2gguf[cuda]'), or auto (CUDA when usable). cpu stays the default until the "
                    "kernels have been verified on a GPU (cuda/README.md).")
-@click.option("--solver-weights", type=click.Choice(["none", "abs", "square", "llama", "importance"]),
-              default=None, help="Element weights of the solver's objective (default: llama.cpp's per type; "
-                                 "with --imatrix: llama.cpp's imatrix weighting).")
+@click.option("--solver-weights", type=click.Choice(["auto", "none", "abs", "square", "llama", "importance"]),
+              default=None, help="Element weights of the solver's objective (default: auto, llama.cpp's per type "
+                                 "except |x| for Q3_K, chosen by KLD; with --imatrix: llama.cpp's imatrix weighting).")
 @click.option("--solver-iterations", type=click.IntRange(0, 1000), default=None,
               help="Half-quadratic iterations per block (default: the solver's).")
 @_clean_errors
@@ -142,7 +142,7 @@ def convert(model: Path, output: Path | None, outtype: str, force: bool, allow_r
         Recipe.parse(chosen).check_group_size(group_size)
     del seed  # HQQ's option; the solver is deterministic and draws no random numbers (tested)
     if solver_weights is None:
-        solver_weights = "importance" if imatrix is not None else "llama"
+        solver_weights = "importance" if imatrix is not None else "auto"
     solver = SolverConfig(weights=WeightMode(solver_weights))
     if solver_iterations is not None:
         solver = dataclasses.replace(solver, iterations=solver_iterations)

@@ -118,6 +118,15 @@ def test_row_parts_cover_every_row_once_within_the_chunk_bound(rows: int, per_ro
     assert len(parts) >= min(workers, rows)
 
 
+@pytest.mark.parametrize("qtype", SOLVER_TYPES, ids=lambda t: t.name)
+def test_default_weights_are_llama_cpps_except_where_kld_chose_abs(qtype: Q) -> None:
+    x = torch.from_numpy(_data("realish", seed=6)).double()
+    auto = element_weights(x, spec(qtype), WeightMode.AUTO, None)
+    expected = x.abs() if qtype == Q.Q3_K else element_weights(x, spec(qtype), WeightMode.LLAMA, None)
+    torch.testing.assert_close(auto, expected, rtol=0, atol=0)
+    assert SolverConfig().weights is WeightMode.AUTO
+
+
 def test_thorough_preset_is_at_least_as_good_in_total() -> None:
     """THOROUGH searches a superset of FAST's starts for longer; over a tensor it should not lose."""
     x = torch.from_numpy(_data("realish", seed=5))

@@ -15,6 +15,8 @@ Q = gguf.GGMLQuantizationType
 _LLAMA_ABS = (Q.Q2_K,)
 _LLAMA_AVX_ABS = (Q.Q4_K, Q.Q5_K)
 _LLAMA_SQUARE = (Q.Q3_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS)
+# WeightMode.AUTO: where measured KLD chose other weights than llama.cpp's (config.WeightMode.AUTO says why).
+_AUTO_ABS = (Q.Q3_K,)
 
 
 def element_weights(x: torch.Tensor, spec: QuantSpec, mode: WeightMode,
@@ -25,7 +27,9 @@ def element_weights(x: torch.Tensor, spec: QuantSpec, mode: WeightMode,
             return _llama_weights(x, spec)
         sigma2 = (x * x).mean(dim=1, keepdim=True)
         return importance[None, :] * torch.sqrt(sigma2 + x * x)
-    if mode is WeightMode.NONE:
+    if mode is WeightMode.AUTO:
+        w = x.abs() if spec.qtype in _AUTO_ABS else _llama_weights(x, spec)
+    elif mode is WeightMode.NONE:
         w = torch.ones_like(x)
     elif mode is WeightMode.ABS:
         w = x.abs()
