@@ -264,7 +264,8 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
               help="llama.cpp's llama-quantize binary for the --imatrix runs (default: llama-cpp-python's API)")
 @click.option("--keep-rows", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="an earlier results JSON of the same reference and chunks: its rows for (recipe, quantizer) "
-                   "pairs not run now are carried over (e.g. llama.cpp's side, which does not change)")
+                   "pairs not run now are carried over (e.g. llama.cpp's side, which does not change); "
+                   "repeatable, a later file's row replacing an earlier one's")
 @click.option("--only-missing", is_flag=True,
               help="with --keep-rows: carry every kept row and run only the (recipe, quantizer) pairs they lack")
 def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, corpus: Path, n_threads: int,
@@ -293,8 +294,10 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
         old = json.loads(kept.read_text())
         if (old["reference"], old["n_chunks"], old["n_ctx"]) != (str(reference), n_chunks, n_ctx):
             raise click.BadParameter(f"{kept} was made with another reference or chunking")
-        doc["rows"] += [{"command": old["command"]} | r | {"carried_from": str(kept)} for r in old["rows"]
-                        if r["recipe"] in wanted and (r["quantizer"] not in chosen or only_missing)]
+        carried = [{"command": old["command"]} | r | {"carried_from": str(kept)} for r in old["rows"]
+                   if r["recipe"] in wanted and (r["quantizer"] not in chosen or only_missing)]
+        pairs = {(r["recipe"], r["quantizer"]) for r in carried}  # a later file's row replaces an earlier one
+        doc["rows"] = [r for r in doc["rows"] if (r["recipe"], r["quantizer"]) not in pairs] + carried
         known_layout |= old.get("same_layout", {})
     doc["rows"].sort(key=lambda r: wanted.index(r["recipe"]))
     doc["same_layout"] = check_layouts(doc["rows"], known_layout)
