@@ -107,6 +107,18 @@ def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_
 QUANTIZERS = {"llama.cpp": llama_cpp_quantize, "hqq2gguf": hqq2gguf_quantize}
 
 
+def code_version() -> str:
+    """The repository's commit, "+dirty" when tracked files differ from it (rows record what made them)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "hqq2gguf", "runtime", "cuda"], cwd=root)
+    return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
+
+
 def machine() -> dict:
     import llama_cpp
 
@@ -168,8 +180,8 @@ def render_markdown(doc: dict) -> str:
              f"(hqq2gguf.runtime.evaluate). Reference PPL {doc.get('ppl_ref', float('nan')):.4f}"
              + (f" (README: {pub['ppl_ref']})" if pub else "") + ".", "",
              f"Command: `{doc['command']}`"
-             + (f" (rows of {', '.join(f'`{c}`' for c in carried)} carried over: same reference, chunks and "
-                "quantizer code; the command that produced each row is in the JSON)" if carried else ""), "",
+             + (f" (rows of {', '.join(f'`{c}`' for c in carried)} carried over: same reference and chunks; "
+                "the command and code version that produced each row are in the JSON)" if carried else ""), "",
              f"Machine: {doc['machine']['processor'] or doc['machine']['platform']}, "
              f"{doc['machine']['cpu_count']} CPUs, {doc['n_threads']} threads; llama-cpp-python "
              f"{doc['machine']['llama_cpp_python']}.", "",
@@ -278,7 +290,7 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
     doc = {"name": name, "reference": str(reference), "dither_seed": dither_seed, "corpus": str(corpus),
            "n_ctx": n_ctx, "n_chunks": n_chunks, "n_threads": n_threads, "solver_weights": solver_weights,
            "importance": importance, "imatrix": None if imatrix is None else str(imatrix),
-           "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+           "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "code": code_version(),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "rows": []}
     _, ref_ppl = reference_cache(reference, text, cache, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads)
     doc.update(ppl_ref=ref_ppl.ppl, ppl_ref_unc=ref_ppl.ppl_unc, ref_eval_seconds=ref_ppl.seconds,
@@ -294,7 +306,8 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
         old = json.loads(kept.read_text())
         if (old["reference"], old["n_chunks"], old["n_ctx"]) != (str(reference), n_chunks, n_ctx):
             raise click.BadParameter(f"{kept} was made with another reference or chunking")
-        carried = [{"command": old["command"]} | r | {"carried_from": str(kept)} for r in old["rows"]
+        carried = [{"command": old["command"], "code": old.get("code", "before-recorded")} | r
+                   | {"carried_from": str(kept)} for r in old["rows"]
                    if r["recipe"] in wanted and (r["quantizer"] not in chosen or only_missing)]
         pairs = {(r["recipe"], r["quantizer"]) for r in carried}  # a later file's row replaces an earlier one
         doc["rows"] = [r for r in doc["rows"] if (r["recipe"], r["quantizer"]) not in pairs] + carried
@@ -317,7 +330,7 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
             quant_seconds = QUANTIZERS[quantizer](reference, dst, recipe, n_threads)
         result = evaluate(dst, reference, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,
                           ref_cache=cache)
-        doc["rows"].append(row(recipe, quantizer, dst, quant_seconds, result))
+        doc["rows"].append(row(recipe, quantizer, dst, quant_seconds, result) | {"code": doc["code"]})
         doc["same_layout"] = check_layouts(doc["rows"], doc["same_layout"])
         logger.info("%s: %d bytes, KLD %.5f, top-1 %.1f%%, PPL %.3f (quantize %.1f s, eval %.1f s)", recipe,
                     dst.stat().st_size, result.kld_mean, 100 * result.same_top, result.ppl, quant_seconds,
