@@ -10,6 +10,7 @@ the CUDA kernels reproduce it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -130,8 +131,8 @@ def _concat(spec: QuantSpec, parts: list[Solution]) -> Solution:
         first = getattr(parts[0].fields, name)
         return None if first is None else np.concatenate([getattr(p.fields, name) for p in parts])
 
-    names = ("d", "dmin", "sc", "mn", "q") if spec.kind is Kind.SUPER else ("d", "m", "q")
-    fields = type(parts[0].fields)(*(cat(n) for n in names))
+    first = parts[0].fields
+    fields = type(first)(*(cat(f.name) for f in dataclasses.fields(first)))
     return Solution(spec.qtype, fields, *(np.concatenate([getattr(p, a) for p in parts])
                                           for a in ("values", "objective", "baseline_objective", "weights")))
 
