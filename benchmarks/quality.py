@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,8 +110,6 @@ QUANTIZERS = {"llama.cpp": llama_cpp_quantize, "hqq2gguf": hqq2gguf_quantize}
 
 def code_version() -> str:
     """The repository's commit, "+dirty" when tracked files differ from it (rows record what made them)."""
-    import subprocess
-
     root = Path(__file__).resolve().parent.parent
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True)
     if head.returncode != 0:
@@ -331,7 +330,7 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
         result = evaluate(dst, reference, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,
                           ref_cache=cache)
         doc["rows"].append(row(recipe, quantizer, dst, quant_seconds, result) | {"code": doc["code"]})
-        doc["same_layout"] = check_layouts(doc["rows"], doc["same_layout"])
+        doc["same_layout"] |= check_layouts([r for r in doc["rows"] if r["recipe"] == recipe], {})
         logger.info("%s: %d bytes, KLD %.5f, top-1 %.1f%%, PPL %.3f (quantize %.1f s, eval %.1f s)", recipe,
                     dst.stat().st_size, result.kld_mean, 100 * result.same_top, result.ppl, quant_seconds,
                     result.test_seconds)
