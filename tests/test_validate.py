@@ -275,6 +275,8 @@ def test_kld_agrees_with_llama_perplexity(tiny: dict[str, Path], llama_cpp_q4_0:
                                                       n_chunks=n_chunks, n_threads=2))
     ours = report.measurements[0].result
     assert ours.kld_mean > 1e-3, "the cross-check needs a KLD well above the coding noise"
+    assert len(ours.chunk_kld) == n_chunks  # equal-sized chunks: their means average to the mean
+    assert sum(ours.chunk_kld) / n_chunks == pytest.approx(ours.kld_mean, rel=1e-9)
     assert ours.kld_mean == pytest.approx(theirs.kld_mean, rel=0.02)
     assert ours.kld_p99 == pytest.approx(theirs.kld_p99, rel=0.02)
     assert ours.kld_max == pytest.approx(theirs.kld_max, rel=0.02)
