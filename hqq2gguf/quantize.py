@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hqq2gguf.cuda import CUDA_TYPES, Device, solve_cuda_solution
-from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig, solve
+from hqq2gguf.optimize import SOLVER_TYPES, Encoded, SolverConfig, encode
 from hqq2gguf.plan import PlanStep
 from hqq2gguf.recipes import ModelInfo, QuantOptions, Recipe, plan_types
 
@@ -49,22 +49,21 @@ def encode_solved(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType
 
     ``importance``: None or (n_expert, ne0) column importance (one row per expert of a 3-D tensor).
     ``device``: CPU (the torch solver) or CUDA (resolved; the fused kernels for the types they cover)."""
-    run = solve
-    if device is Device.CUDA and qtype in CUDA_TYPES:
-        run = solve_cuda_solution
+    def run(rows: np.ndarray, imp: torch.Tensor | None) -> Encoded:
+        if device is Device.CUDA and qtype in CUDA_TYPES:
+            return Encoded.of(solve_cuda_solution(torch.from_numpy(rows), qtype, importance=imp, config=config), rows)
+        return encode(torch.from_numpy(rows), qtype, importance=imp, config=config)
+
     start = time.perf_counter()
     n_expert = array.shape[0] if array.ndim == 3 else 1
     experts = array.reshape(n_expert, -1, array.shape[-1])
     packed, err2, norm2, obj, base_obj = [], 0.0, 0.0, 0.0, 0.0
     for e in range(n_expert):
-        rows = experts[e].astype(np.float32, copy=False)
         imp = None if importance is None else torch.from_numpy(importance[e])
-        solution = run(torch.from_numpy(rows), qtype, importance=imp, config=config)
-        packed.append(solution.packed())
-        err2 += float(np.square(rows - solution.values, dtype=np.float64).sum())
-        norm2 += float(np.square(rows, dtype=np.float64).sum())
-        obj += float(solution.objective.sum())
-        base_obj += float(solution.baseline_objective.sum())
+        done = run(experts[e].astype(np.float32, copy=False), imp)
+        packed.append(done.packed)
+        err2, norm2 = err2 + done.sq_error, norm2 + done.sq_norm
+        obj, base_obj = obj + done.objective, base_obj + done.baseline_objective
     logger.info("%-32s %-6s rel.err %.4f  objective %.3f x llama.cpp%s  %.1f s", name, qtype.name,
                 (err2 / max(norm2, 1e-300)) ** 0.5, obj / max(base_obj, 1e-300),
                 "" if importance is None else " (importance-weighted)", time.perf_counter() - start)

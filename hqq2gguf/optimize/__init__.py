@@ -5,12 +5,15 @@
     blocks = quantize_tensor(x, GGMLQuantizationType.Q4_K, config=SolverConfig.preset("thorough"))
 
 ``quantize_tensor`` returns packed bytes; ``solve`` the fields, decoded values and per-block objectives
-(the oracle the CUDA kernels are tested against).
+(the oracle the CUDA kernels are tested against); ``encode`` the packed bytes and the error sums, each row
+part packed on its worker (what a file conversion uses).
 """
 
 from hqq2gguf.optimize.config import Preset, SolverConfig, WeightMode
-from hqq2gguf.optimize.solver import SOLVER_TYPES, Solution, block_objective, quantize_tensor, solve
+from hqq2gguf.optimize.solver import (
+    SOLVER_TYPES, Encoded, Solution, block_objective, encode, quantize_tensor, solve,
+)
 from hqq2gguf.optimize.weights import element_weights
 
-__all__ = ["SOLVER_TYPES", "Preset", "Solution", "SolverConfig", "WeightMode", "block_objective", "element_weights",
-           "quantize_tensor", "solve"]
+__all__ = ["SOLVER_TYPES", "Encoded", "Preset", "Solution", "SolverConfig", "WeightMode", "block_objective",
+           "element_weights", "encode", "quantize_tensor", "solve"]

@@ -19,6 +19,7 @@ from hqq2gguf.qtypes import QuantSpec
 WORK = torch.float32
 FP16_MAX = 65504.0
 TINY = 1e-30
+_SHRINK_FROM = 0.999  # hq_target: |u|*c at or below this is certainly not shrunk
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,21 @@ class Grid:
 
         For non-codebook types both are the same tensor. ``scale``/``offset`` broadcast against ``x``;
         a zero scale gives the level nearest 0."""
-        inv_scale = torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, 1.0), 0.0)
-        v = (x - offset) * inv_scale if isinstance(offset, torch.Tensor) else x * inv_scale
+        v = (x - offset) * inverse(scale) if isinstance(offset, torch.Tensor) else x * inverse(scale)
+        return self.nearest(v)
+
+    def nearest(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`codes`, from ``v`` = (x - offset) * :func:`inverse` (scale) already computed (overwritten)."""
         if self.mids is None:
             q = v.round_().clamp_(self.qmin, self.qmax)
             return q, q
         idx = torch.searchsorted(self.mids, v.contiguous())
         return idx.to(WORK), self.levels[idx]
+
+
+def inverse(scale: torch.Tensor) -> torch.Tensor:
+    """1 / scale, 0 where the scale is 0 (its codes are then the level nearest 0)."""
+    return torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, 1.0), 0.0)
 
 
 def fp16(v: torch.Tensor) -> torch.Tensor:
@@ -79,9 +88,18 @@ def hq_target(x: torch.Tensor, x_hat: torch.Tensor, step: torch.Tensor, p: float
     # 1/beta is folded into u: |u|**(p-2)/beta == (|u|*c)**(p-2) with c = beta**(1/(2-p))
     c = beta ** (1.0 / (2.0 - p))
     e = x - x_hat
-    inv = c / step.abs().clamp_min(TINY)
-    f = (e.abs() * inv).clamp_min_(1e-12).pow_(p - 2.0)
-    return x - e * f.neg_().add_(1.0).clamp_min_(0.0)
+    a = e.abs().mul_(c / step.abs().clamp_min(TINY))  # |u|*c
+    # where |u|*c <= 1 the factor relu(1 - (|u|*c)**(p-2)) is 0 and the target is x: nearest-rounded errors
+    # within the grid stay below half a step, so only clipped elements are shrunk. The formula runs on those
+    # alone (a margin below 1 keeps float32 pow's rounding near 1 on the formula's side).
+    idx = (a > _SHRINK_FROM).reshape(-1).nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return x
+    g = a.reshape(-1).index_select(0, idx).clamp_min_(1e-12).pow_(p - 2.0).neg_().add_(1.0).clamp_min_(0.0)
+    t = x.clone(memory_format=torch.contiguous_format)
+    flat = t.view(-1)
+    flat.index_copy_(0, idx, flat.index_select(0, idx) - e.reshape(-1).index_select(0, idx) * g)
+    return t
 
 
 def fit_scale(lv: torch.Tensor, t: torch.Tensor, w: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:

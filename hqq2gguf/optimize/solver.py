@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import gguf
 import numpy as np
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 SOLVER_TYPES: tuple[gguf.GGMLQuantizationType, ...] = tuple(gguf.GGMLQuantizationType[n] for n in (
     "Q4_0", "Q5_0", "Q8_0", "Q4_1", "Q5_1", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K", "IQ4_XS",
     "TQ1_0", "TQ2_0"))
+
+T = TypeVar("T")
 
 _FIT_WEIGHT_FLOOR = 1e-4  # fitting weights get this fraction of the block's mean weight added (zero weights)
 
@@ -74,22 +77,61 @@ def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torc
     every step of a part (llama.cpp's answer, the weights, the loop, the float64 re-check) runs in one of
     ``config.workers`` threads. Every block is solved on its own, so the parts never change the result."""
     spec = solver_spec(qtype)
+    solutions = _map_parts(spec, x, importance, config, lambda s, _: s)
+    return solutions[0] if len(solutions) == 1 else _concat(spec, solutions)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tensor's packed blocks and the float64 sums its log line reports."""
+
+    packed: np.ndarray  # uint8 (rows, row_bytes)
+    sq_error: float  # sum (x - values)**2
+    sq_norm: float  # sum x**2
+    objective: float  # sum of the per-block objectives
+    baseline_objective: float  # the same for llama.cpp's answer
+
+    @classmethod
+    def of(cls, solution: Solution, x: np.ndarray) -> Encoded:
+        """The packed blocks and sums of ``solution`` for rows ``x`` (rows, ne0) float32."""
+        x64 = x.astype(np.float64)
+        return cls(solution.packed(), float(np.square(x64 - solution.values).sum()), float(np.square(x64).sum()),
+                   float(solution.objective.sum()), float(solution.baseline_objective.sum()))
+
+
+def encode(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torch.Tensor | None = None,
+           config: SolverConfig = SolverConfig()) -> Encoded:
+    """:func:`solve`, with every row part also packed and summed on its worker thread: only bytes and four
+    sums come back, so a file's tensors never pay for joining full-size values, weights and objectives on
+    one thread. ``encode(...).packed`` is ``solve(...).packed()``, byte for byte."""
+    spec = solver_spec(qtype)
+    parts = _map_parts(spec, x, importance, config, Encoded.of)
+    if len(parts) == 1:
+        return parts[0]
+    return Encoded(np.concatenate([p.packed for p in parts]),
+                   *(sum(getattr(p, f) for p in parts)
+                     for f in ("sq_error", "sq_norm", "objective", "baseline_objective")))
+
+
+def _map_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None, config: SolverConfig,
+               finish: Callable[[Solution, np.ndarray], T]) -> list[T]:
+    """``finish(solution, rows)`` of every row part, in row order, parts side by side on the workers."""
     x32 = checked_rows(x, spec)
     rows, ne0 = x32.shape
     imp = checked_importance(importance, ne0, spec.name)
+    config = config.for_type(spec.name)
     workers = config.worker_count()
 
-    def run(sl: slice) -> Solution:
-        return _solve_rows(spec, x32[sl], imp, config)
+    def run(sl: slice) -> T:
+        return finish(_solve_rows(spec, x32[sl], imp, config), x32[sl])
 
     parts = _row_parts(rows, ne0 // spec.block_size, config.chunk_blocks, workers)
     with _threads(config.threads):
         if len(parts) == 1 or workers == 1:
-            solutions = [run(sl) for sl in parts]
-        else:  # ggml (ctypes), numpy and torch release the GIL: parts run truly in parallel
-            with ThreadPoolExecutor(workers, thread_name_prefix="hqq-solve") as pool:
-                solutions = list(pool.map(run, parts))
-    return solutions[0] if len(solutions) == 1 else _concat(spec, solutions)
+            return [run(sl) for sl in parts]
+        # ggml (ctypes), numpy and torch release the GIL: parts run truly in parallel
+        with ThreadPoolExecutor(workers, thread_name_prefix="hqq-solve") as pool:
+            return list(pool.map(run, parts))
 
 
 def _solve_rows(spec: QuantSpec, x32: np.ndarray, imp: torch.Tensor | None, config: SolverConfig) -> Solution:
