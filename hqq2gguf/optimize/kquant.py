@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from hqq2gguf.optimize.config import SolverConfig
-from hqq2gguf.optimize.core import TINY, Grid, fit_affine, fit_scale, fp16, hq_target, weighted_sse
+from hqq2gguf.optimize.core import TINY, Grid, fit_affine, fit_scale, fp16, hq_target, inverse, weighted_sse
 from hqq2gguf.qtypes import QuantSpec
 
 State = dict[str, torch.Tensor]
@@ -79,7 +79,9 @@ def _fit_pair(a: torch.Tensor, c: torch.Tensor, t: torch.Tensor, w: torch.Tensor
 
 def _extra_starts(k: _Super, xg: torch.Tensor, cfg: SolverConfig) -> list[State]:
     """Per-sub-block range fits shrunk by each range factor, snapped."""
-    parts = []
+    parts: list[State] = []
+    if not cfg.super_range_factors:
+        return parts
     if k.affine:
         lo = xg.min(dim=2).values.clamp_max(0.0)  # the offset must be <= 0 (mn >= 0)
         hi = xg.max(dim=2).values
@@ -102,15 +104,20 @@ def _pick_sub(k: _Super, st: State, s: torch.Tensor, b: torch.Tensor | float, xg
     round(target / d) +- radius, whichever reconstructs best on the objective with codes re-fit."""
     ks = [0] + [v for r in range(1, radius + 1) for v in (-r, r)]
     sc0 = _ratio(s, st["d"]).round()
-    mn0 = _ratio(-b, st["dmin"]).round() if k.affine else None
     best_err, best_sc, best_mn = cur_err, st["sc"], st.get("mn")
+    if k.affine:  # x - offset once per min candidate, not once per (scale, min) pair
+        mn0 = _ratio(-b, st["dmin"]).round()
+        mns = [(mn0 + j).clamp(0, k.mn_hi) for j in ks]
+        mins = [(mn, -(st["dmin"][:, None] * mn)) for mn in mns]
+        shifted = [xg - B[..., None] for _, B in mins]
+    else:
+        mins, shifted = [(None, None)], [xg]
     for i in ks:
         sc = (sc0 + i).clamp(k.sc_lo, k.sc_hi)
-        for j in (ks if k.affine else [None]):
-            mn = None if j is None else (mn0 + j).clamp(0, k.mn_hi)
-            D = st["d"][:, None] * sc
-            B = -(st["dmin"][:, None] * mn) if k.affine else None
-            _, lv = k.grid.codes(xg, D[..., None], 0.0 if B is None else B[..., None])
+        D = st["d"][:, None] * sc
+        inv = inverse(D[..., None])
+        for (mn, B), xb in zip(mins, shifted):
+            _, lv = k.grid.nearest(xb * inv)
             x_hat = D[..., None] * lv
             err = weighted_sse(xg, x_hat if B is None else x_hat + B[..., None], wg)
             better = err < best_err
