@@ -16,7 +16,9 @@ import torch
 
 from hqq2gguf import ggml_ref
 from hqq2gguf.errors import InputError, OptionError, UnsupportedError
-from hqq2gguf.optimize import SOLVER_TYPES, Preset, SolverConfig, WeightMode, element_weights, quantize_tensor, solve
+from hqq2gguf.optimize import (
+    SOLVER_TYPES, Preset, SolverConfig, WeightMode, element_weights, encode, quantize_tensor, solve,
+)
 from hqq2gguf.optimize import solver as solver_module
 from hqq2gguf.qtypes import spec
 
@@ -100,10 +102,28 @@ def test_deterministic_and_chunk_independent(qtype: Q) -> None:
     c = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, chunk_blocks=3))
     d = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, chunk_blocks=5, threads=2))
     e = quantize_tensor(x, qtype, config=SolverConfig(iterations=4, workers=3))  # 3 parts on 3 threads
+    f = encode(x, qtype, config=SolverConfig(iterations=4, workers=3, chunk_blocks=5))  # packed on the workers
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(a, d)
     np.testing.assert_array_equal(a, e)
+    np.testing.assert_array_equal(a, f.packed)
+    whole = solve(x, qtype, config=FAST)
+    x64 = x.double().numpy()
+    np.testing.assert_allclose([f.sq_error, f.sq_norm, f.objective, f.baseline_objective],
+                               [np.square(x64 - whole.values).sum(), np.square(x64).sum(), whole.objective.sum(),
+                                whole.baseline_objective.sum()], rtol=1e-12)
+
+
+@pytest.mark.parametrize("qtype", SOLVER_TYPES, ids=lambda t: t.name)
+def test_default_iterations_per_type(qtype: Q) -> None:
+    """Q4_K's default is one iteration (chosen by KLD and time), every other type's four; an explicit count wins."""
+    resolved = SolverConfig().for_type(qtype.name).iterations
+    assert resolved == (1 if qtype == Q.Q4_K else 4)
+    assert SolverConfig(iterations=7).for_type(qtype.name).iterations == 7
+    x = torch.from_numpy(_data("realish", seed=8))
+    np.testing.assert_array_equal(quantize_tensor(x, qtype), quantize_tensor(x, qtype, config=SolverConfig(
+        iterations=resolved)))
 
 
 @pytest.mark.parametrize(("rows", "per_row", "chunk", "workers"),

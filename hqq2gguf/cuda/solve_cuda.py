@@ -56,6 +56,7 @@ class KernelParams:
 
     @classmethod
     def of(cls, spec: QuantSpec, cfg: SolverConfig) -> KernelParams:
+        cfg = cfg.for_type(spec.name)
         factors = cfg.super_range_factors if spec.kind is Kind.SUPER else cfg.range_factors
         beta, c = cfg.beta0, []
         for _ in range(max(cfg.iterations, 1)):  # hq_target's c, as a Python double rounded to float32

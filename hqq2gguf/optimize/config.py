@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
 from enum import Enum
 
 from hqq2gguf.errors import OptionError
+
+
+DEFAULT_ITERATIONS = 4
+"""Half-quadratic iterations per block unless :data:`TYPE_ITERATIONS` or ``SolverConfig.iterations`` says otherwise."""
+
+TYPE_ITERATIONS: dict[str, int] = {"Q4_K": 1}
+"""Per-type iteration defaults, chosen by KLD and time. Q4_K: 1 (objective 0.974x llama.cpp's after one iteration,
+0.970x after four, for twice the solve time; Q4_K's objective gains have not reached KLD on the dev models
+(benchmarks/results/quality_qwen2.5-coder-1.5b*.md), and Q4_K_M is the recipe the speed target is set on)."""
 
 
 class WeightMode(str, Enum):
@@ -66,7 +76,9 @@ class SolverConfig:
     p: float = 0.7
     beta0: float = 1.0
     kappa: float = 1.05
-    iterations: int = 4
+    iterations: int | None = None
+    """Half-quadratic iterations per block; None: :data:`TYPE_ITERATIONS` for the block type, else
+    :data:`DEFAULT_ITERATIONS` (resolved by :meth:`for_type`)."""
     range_factors: tuple[float, ...] = (1.0,)
     """Extra starts besides llama.cpp's answer for the one-scale block types (Q4_0, Q5_1, IQ4_NL, ...):
     min/max (or absmax, both signs) fits of the range shrunk by each factor. Every start multiplies the work."""
@@ -103,8 +115,8 @@ class SolverConfig:
             raise OptionError(f"beta0 must be a positive finite number, got {self.beta0}")
         if not (math.isfinite(self.kappa) and self.kappa >= 1.0):
             raise OptionError(f"kappa must be >= 1, got {self.kappa}")
-        if not (isinstance(self.iterations, int) and 0 <= self.iterations <= 1000):
-            raise OptionError(f"iterations must be an integer in 0..1000, got {self.iterations!r}")
+        if self.iterations is not None and not (isinstance(self.iterations, int) and 0 <= self.iterations <= 1000):
+            raise OptionError(f"iterations must be None or an integer in 0..1000, got {self.iterations!r}")
         for name in ("range_factors", "super_range_factors"):
             factors = tuple(float(f) for f in getattr(self, name))
             if any(not (0.0 < f <= 2.0) for f in factors):
@@ -130,6 +142,12 @@ class SolverConfig:
             known = ", ".join(p.value for p in Preset)
             raise OptionError(f"preset must be one of {known}, got {name!r}") from None
         return cls(**(_PRESETS[preset] | overrides))
+
+    def for_type(self, name: str) -> SolverConfig:
+        """This config with ``iterations`` resolved for block type ``name`` (e.g. "Q4_K")."""
+        if self.iterations is not None:
+            return self
+        return dataclasses.replace(self, iterations=TYPE_ITERATIONS.get(name, DEFAULT_ITERATIONS))
 
     def worker_count(self) -> int:
         """``workers``, with 0 resolved to the CPUs this process may run on."""
