@@ -109,8 +109,11 @@ QUANTIZERS = {"llama.cpp": llama_cpp_quantize, "hqq2gguf": hqq2gguf_quantize}
 
 
 def code_version() -> str:
-    """The repository's commit, "+dirty" when tracked files differ from it (rows record what made them)."""
-    root = Path(__file__).resolve().parent.parent
+    """The commit of the checkout whose hqq2gguf package is imported (which need not be this script's: python puts
+    the script's folder, not the working directory, first on sys.path), "+dirty" when its tracked files differ."""
+    import hqq2gguf
+
+    root = Path(hqq2gguf.__file__).resolve().parent.parent
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True)
     if head.returncode != 0:
         return "unknown"

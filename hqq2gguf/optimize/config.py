@@ -45,7 +45,7 @@ class Preset(str, Enum):
 
     FAST = "fast"
     """The defaults: llama.cpp's answer (plus one extra start for the one-scale block types), at most 4
-    iterations, a block stops at its first iteration without improvement; blocks are solved on every CPU.
+    iterations (1 for Q4_K, :data:`TYPE_ITERATIONS`), a block stops at its first iteration without improvement; blocks are solved on every CPU.
     Keeps most of THOROUGH's gain."""
     THOROUGH = "thorough"
     """5 extra starts, 12 iterations, no early stop: the lowest objective, 5-15x slower than FAST."""
