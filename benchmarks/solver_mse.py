@@ -40,7 +40,7 @@ SOURCES = {
 }
 _THOROUGH = SolverConfig.preset(Preset.THOROUGH)
 CONFIGS: dict[str, SolverConfig] = {
-    "fast": SolverConfig(),  # the default: llama weights, p = 0.7, one extra (full-range) start, <= 4 iterations (Q4_K 1)
+    "fast": SolverConfig(),  # the default: llama weights, p = 0.7, one extra (full-range) start, <= 4 iterations (Q4_K 2)
     "thorough": _THOROUGH,  # 5 extra starts, 12 iterations, no early stop
     "plain-ls": replace(_THOROUGH, p=2.0),  # same weights, no shrinkage (alternating least squares)
     "square": replace(_THOROUGH, weights=WeightMode.SQUARE),  # x^2 weights, p = 0.7

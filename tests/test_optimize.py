@@ -117,9 +117,9 @@ def test_deterministic_and_chunk_independent(qtype: Q) -> None:
 
 @pytest.mark.parametrize("qtype", SOLVER_TYPES, ids=lambda t: t.name)
 def test_default_iterations_per_type(qtype: Q) -> None:
-    """Q4_K's default is one iteration (chosen by KLD and time), every other type's four; an explicit count wins."""
+    """Q4_K's default is two iterations (chosen by KLD and time), every other type's four; an explicit count wins."""
     resolved = SolverConfig().for_type(qtype.name).iterations
-    assert resolved == (1 if qtype == Q.Q4_K else 4)
+    assert resolved == (2 if qtype == Q.Q4_K else 4)
     assert SolverConfig(iterations=7).for_type(qtype.name).iterations == 7
     x = torch.from_numpy(_data("realish", seed=8))
     np.testing.assert_array_equal(quantize_tensor(x, qtype), quantize_tensor(x, qtype, config=SolverConfig(
@@ -184,7 +184,7 @@ def test_hostile_rows_give_finite_valid_blocks(qtype: Q, mode: WeightMode) -> No
 @pytest.mark.parametrize("kwargs", [
     {"p": 0.0}, {"p": 1.5}, {"beta0": -1.0}, {"beta0": float("inf")}, {"kappa": 0.5}, {"iterations": -1},
     {"range_factors": (0.0,)}, {"super_range_factors": (3.0,)}, {"workers": -1}, {"sub_scale_radius": 9},
-    {"chunk_blocks": 0}, {"weights": "cubic"}, {"patience": -1}, {"threads": -2},
+    {"chunk_blocks": -1}, {"weights": "cubic"}, {"patience": -1}, {"threads": -2},
 ])
 def test_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(OptionError):

@@ -14,10 +14,15 @@ from hqq2gguf.errors import OptionError
 DEFAULT_ITERATIONS = 4
 """Half-quadratic iterations per block unless :data:`TYPE_ITERATIONS` or ``SolverConfig.iterations`` says otherwise."""
 
-TYPE_ITERATIONS: dict[str, int] = {"Q4_K": 1}
-"""Per-type iteration defaults, chosen by KLD and time. Q4_K: 1 (objective 0.974x llama.cpp's after one iteration,
-0.970x after four, for twice the solve time; Q4_K's objective gains have not reached KLD on the dev models
-(benchmarks/results/quality_qwen2.5-coder-1.5b*.md), and Q4_K_M is the recipe the speed target is set on)."""
+CHUNK_ELEMENTS = 1 << 18
+"""Elements per row part when ``chunk_blocks`` is 0: a part's working set then stays near the CPU caches. On 2 cores,
+Qwen2.5-1.5B ffn_gate (8960 x 1536): Q4_K 1.11 s at 1024 super-blocks vs 1.61 s at 4096, Q6_K 0.66 vs 0.90 s;
+Q4_0 0.91 s at 8192 blocks vs 0.96 at 4096 and 1.68 at 1024 (throwaway timings, same bytes)."""
+
+TYPE_ITERATIONS: dict[str, int] = {"Q4_K": 2}
+"""Per-type iteration defaults, chosen by KLD and time. Q4_K: 2 (objective 0.974x llama.cpp's after one iteration,
+0.971x after two, 0.970x after four at 1.35x the solve time of two; Qwen2.5-Coder-1.5B Q4_K_M mean KLD: one
+iteration 1.033 +- 0.025 (1 s.e.) x four's, benchmarks/results/quality_qwen2.5-coder-1.5b-q4k-iterations.md)."""
 
 
 class WeightMode(str, Enum):
@@ -45,7 +50,7 @@ class Preset(str, Enum):
 
     FAST = "fast"
     """The defaults: llama.cpp's answer (plus one extra start for the one-scale block types), at most 4
-    iterations (1 for Q4_K, :data:`TYPE_ITERATIONS`), a block stops at its first iteration without improvement; blocks are solved on every CPU.
+    iterations (2 for Q4_K, :data:`TYPE_ITERATIONS`), a block stops at its first iteration without improvement; blocks are solved on every CPU.
     Keeps most of THOROUGH's gain."""
     THOROUGH = "thorough"
     """5 extra starts, 12 iterations, no early stop: the lowest objective, 5-15x slower than FAST."""
@@ -90,9 +95,10 @@ class SolverConfig:
     patience: int = 1
     """A (start, block) pair stops iterating after this many iterations in a row without improving its best
     (0: never; all run ``iterations``). Per block, so results do not depend on chunking."""
-    chunk_blocks: int = 4096
+    chunk_blocks: int = 0
     """Blocks solved together: a tensor is cut into parts of whole rows holding at most this many blocks
-    (one row at least); memory bound: about 30 float32 copies of chunk_blocks * block * starts."""
+    (one row at least); 0: :data:`CHUNK_ELEMENTS` elements' worth (1024 K-quant super-blocks, 8192 32-blocks).
+    Memory bound: about 30 float32 copies of chunk_blocks * block * starts. The output does not depend on it."""
     threads: int = 1
     """torch intra-op threads while solving (0: leave torch's setting alone). 1 by default: the loop is many
     small memory-bound ops, and on a busy 2-core machine 2 OpenMP threads measured 10x SLOWER than 1;
@@ -130,8 +136,8 @@ class SolverConfig:
             raise OptionError(f"threads must be an integer in 0..1024, got {self.threads!r}")
         if not (isinstance(self.workers, int) and 0 <= self.workers <= 1024):
             raise OptionError(f"workers must be an integer in 0..1024, got {self.workers!r}")
-        if not (isinstance(self.chunk_blocks, int) and self.chunk_blocks >= 1):
-            raise OptionError(f"chunk_blocks must be a positive integer, got {self.chunk_blocks!r}")
+        if not (isinstance(self.chunk_blocks, int) and self.chunk_blocks >= 0):
+            raise OptionError(f"chunk_blocks must be 0 (automatic) or a positive integer, got {self.chunk_blocks!r}")
 
     @classmethod
     def preset(cls, name: Preset | str, **overrides: object) -> SolverConfig:
@@ -148,6 +154,10 @@ class SolverConfig:
         if self.iterations is not None:
             return self
         return dataclasses.replace(self, iterations=TYPE_ITERATIONS.get(name, DEFAULT_ITERATIONS))
+
+    def blocks_per_part(self, block_size: int) -> int:
+        """``chunk_blocks``, with 0 resolved for blocks of ``block_size`` elements."""
+        return self.chunk_blocks or max(1, CHUNK_ELEMENTS // block_size)
 
     def worker_count(self) -> int:
         """``workers``, with 0 resolved to the CPUs this process may run on."""

@@ -73,7 +73,7 @@ def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torc
           config: SolverConfig = SolverConfig()) -> Solution:
     """As :func:`quantize_tensor`, returning the fields, decoded values and per-block objectives.
 
-    The rows are cut into parts of at most ``config.chunk_blocks`` blocks (and at least one per worker);
+    The rows are cut into parts of at most ``config.blocks_per_part(...)`` blocks (and at least one per worker);
     every step of a part (llama.cpp's answer, the weights, the loop, the float64 re-check) runs in one of
     ``config.workers`` threads. Every block is solved on its own, so the parts never change the result."""
     spec = solver_spec(qtype)
@@ -125,7 +125,7 @@ def _map_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None
     def run(sl: slice) -> T:
         return finish(_solve_rows(spec, x32[sl], imp, config), x32[sl])
 
-    parts = _row_parts(rows, ne0 // spec.block_size, config.chunk_blocks, workers)
+    parts = _row_parts(rows, ne0 // spec.block_size, config.blocks_per_part(spec.block_size), workers)
     with _threads(config.threads):
         if len(parts) == 1 or workers == 1:
             return [run(sl) for sl in parts]
