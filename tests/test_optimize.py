@@ -196,6 +196,14 @@ def test_config_accepts_mode_names_and_plain_least_squares() -> None:
     assert cfg.weights is WeightMode.SQUARE and not cfg.shrinks and cfg.range_factors == (1.0, 0.9)
 
 
+def test_automatic_parts_hold_a_fixed_number_of_elements() -> None:
+    """chunk_blocks 0: 2**18 elements per part whatever the block size; an explicit count is taken as given."""
+    assert SolverConfig().blocks_per_part(256) == 1024
+    assert SolverConfig().blocks_per_part(32) == 8192
+    assert SolverConfig(chunk_blocks=5).blocks_per_part(256) == 5
+    assert SolverConfig().blocks_per_part(1 << 20) == 1  # one block at least
+
+
 def test_presets() -> None:
     assert SolverConfig.preset("fast") == SolverConfig()
     assert THOROUGH.iterations == 12 and THOROUGH.patience == 0 and len(THOROUGH.range_factors) == 5
