@@ -57,14 +57,11 @@ def encode_solved(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType
     start = time.perf_counter()
     n_expert = array.shape[0] if array.ndim == 3 else 1
     experts = array.reshape(n_expert, -1, array.shape[-1])
-    packed, err2, norm2, obj, base_obj = [], 0.0, 0.0, 0.0, 0.0
-    for e in range(n_expert):
-        imp = None if importance is None else torch.from_numpy(importance[e])
-        done = run(experts[e].astype(np.float32, copy=False), imp)
-        packed.append(done.packed)
-        err2, norm2 = err2 + done.sq_error, norm2 + done.sq_norm
-        obj, base_obj = obj + done.objective, base_obj + done.baseline_objective
+    done = Encoded.join([run(experts[e].astype(np.float32, copy=False),
+                             None if importance is None else torch.from_numpy(importance[e]))
+                         for e in range(n_expert)])
     logger.info("%-32s %-6s rel.err %.4f  objective %.3f x llama.cpp%s  %.1f s", name, qtype.name,
-                (err2 / max(norm2, 1e-300)) ** 0.5, obj / max(base_obj, 1e-300),
+                (done.sq_error / max(done.sq_norm, 1e-300)) ** 0.5,
+                done.objective / max(done.baseline_objective, 1e-300),
                 "" if importance is None else " (importance-weighted)", time.perf_counter() - start)
-    return np.concatenate(packed).reshape(*array.shape[:-1], -1)
+    return done.packed.reshape(*array.shape[:-1], -1)

@@ -107,8 +107,7 @@ def _pick_sub(k: _Super, st: State, s: torch.Tensor, b: torch.Tensor | float, xg
     best_err, best_sc, best_mn = cur_err, st["sc"], st.get("mn")
     if k.affine:  # x - offset once per min candidate, not once per (scale, min) pair
         mn0 = _ratio(-b, st["dmin"]).round()
-        mns = [(mn0 + j).clamp(0, k.mn_hi) for j in ks]
-        mins = [(mn, -(st["dmin"][:, None] * mn)) for mn in mns]
+        mins = [(mn, -(st["dmin"][:, None] * mn)) for mn in ((mn0 + j).clamp(0, k.mn_hi) for j in ks)]
         shifted = [xg - B[..., None] for _, B in mins]
     else:
         mins, shifted = [(None, None)], [xg]

@@ -98,19 +98,21 @@ class Encoded:
         return cls(solution.packed(), float(np.square(x64 - solution.values).sum()), float(np.square(x64).sum()),
                    float(solution.objective.sum()), float(solution.baseline_objective.sum()))
 
+    @classmethod
+    def join(cls, parts: list[Encoded]) -> Encoded:
+        """Consecutive row parts (or experts) as one: bytes concatenated along the rows, sums added."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(np.concatenate([p.packed for p in parts]),
+                   *(sum(getattr(p, f.name) for p in parts) for f in dataclasses.fields(cls)[1:]))
+
 
 def encode(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torch.Tensor | None = None,
            config: SolverConfig = SolverConfig()) -> Encoded:
     """:func:`solve`, with every row part also packed and summed on its worker thread: only bytes and four
     sums come back, so a file's tensors never pay for joining full-size values, weights and objectives on
     one thread. ``encode(...).packed`` is ``solve(...).packed()``, byte for byte."""
-    spec = solver_spec(qtype)
-    parts = _map_parts(spec, x, importance, config, Encoded.of)
-    if len(parts) == 1:
-        return parts[0]
-    return Encoded(np.concatenate([p.packed for p in parts]),
-                   *(sum(getattr(p, f) for p in parts)
-                     for f in ("sq_error", "sq_norm", "objective", "baseline_objective")))
+    return Encoded.join(_map_parts(solver_spec(qtype), x, importance, config, Encoded.of))
 
 
 def _map_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None, config: SolverConfig,
