@@ -20,7 +20,10 @@ if ! command -v cmake >/dev/null 2>&1; then
   . .venv/bin/activate
   python -m pip install -q cmake
 fi
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+# Without Intel AMX, as llama-cpp-python in setup.sh: ggml's AMX buffer segfaults on AMX CPUs (llama.cpp #20824).
+no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > "$build.configure.log" 2>&1 \
   || { cat "$build.configure.log" >&2; exit 1; }
 cmake --build "$build" --target "${targets[@]}" -j "$(nproc)" > "$build.build.log" 2>&1 \
