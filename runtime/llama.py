@@ -8,6 +8,7 @@ chat) or refuses (``validate --compare-devices``, which would otherwise compare 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +55,31 @@ def device_info() -> DeviceInfo:
     return DeviceInfo(llama_cpp.__version__, bool(llama_cpp.llama_supports_gpu_offload()), backends)
 
 
+AMX_HINT = ('CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" '
+            'pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python llama-cpp-python')
+
+
+def amx_hazard(system_info: str, cpu_flags: str) -> bool:
+    """Whether the build has ggml's AMX buffer compiled in AND the CPU has AMX: the pair that segfaults in the
+    first decode (llama.cpp issue #20824; seen with llama-cpp-python 0.3.36 on a Sapphire Rapids class CPU)."""
+    return "AMX_INT8 = 1" in system_info and "amx_int8" in cpu_flags.split()
+
+
+@functools.cache
+def warn_if_amx() -> None:
+    """Warn once, before the first model load, when :func:`amx_hazard` holds for this build and CPU."""
+    import llama_cpp
+
+    try:
+        flags = next((line.split(":", 1)[1] for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), "")
+    except OSError:  # not Linux: no way to ask, and no report of the crash there
+        return
+    if amx_hazard(llama_cpp.llama_print_system_info().decode("utf-8", errors="replace"), flags):
+        logger.warning("this llama-cpp-python build uses Intel AMX, which segfaults in llama.cpp's first decode on "
+                       "this CPU (llama.cpp issue #20824); if it crashes, rebuild it without AMX: %s", AMX_HINT)
+
+
 def gpu_offload_supported() -> bool:
     """Whether the installed llama-cpp-python build can offload layers to a GPU."""
     return device_info().gpu_offload
@@ -95,6 +121,7 @@ def load_model(path: Path | str, *, n_ctx: int = 512, n_gpu_layers: int = 0, n_t
     from llama_cpp import Llama
 
     path = check_gguf(path)
+    warn_if_amx()
     try:
         return Llama(model_path=str(path), n_ctx=n_ctx, n_gpu_layers=effective_gpu_layers(n_gpu_layers),
                      n_threads=n_threads, logits_all=logits_all, seed=seed, verbose=verbose)

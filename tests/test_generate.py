@@ -114,3 +114,20 @@ def test_gpu_layers_on_a_cpu_build_say_so(caplog: pytest.LogCaptureFixture) -> N
     assert "running on the CPU: GPU offload unavailable" in caplog.text and "GGML_CUDA=on" in caplog.text
     assert effective_gpu_layers(0) == 0
     assert device_info().describe().startswith("GPU offload unavailable")
+
+
+def test_amx_hazard_needs_both_the_build_and_the_cpu() -> None:
+    from hqq2gguf.runtime.llama import amx_hazard
+
+    built = "CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1 |"
+    plain = "CPU : AVX2 = 1 | AVX512 = 1 | REPACK = 1 |"
+    assert amx_hazard(built, "fpu avx2 amx_bf16 amx_int8 amx_tile")
+    assert not amx_hazard(built, "fpu avx2 avx512f")  # compiled in, but ggml finds no AMX at run time
+    assert not amx_hazard(plain, "fpu avx2 amx_bf16 amx_int8 amx_tile")  # scripts/setup.sh's build
+
+
+def test_the_installed_build_has_no_amx_hazard() -> None:
+    """scripts/setup.sh builds llama-cpp-python without AMX; a build with it segfaults on AMX CPUs."""
+    import llama_cpp
+
+    assert "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode()
