@@ -47,10 +47,17 @@ class DeviceInfo:
                 + (f"; for CUDA reinstall it with {CUDA_INSTALL_HINT}" if hint else ""))
 
 
+def system_info() -> str:
+    """llama.cpp's build line: the backends and CPU features compiled in."""
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+
+
 def device_info() -> DeviceInfo:
     import llama_cpp
 
-    system = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    system = system_info()
     backends = tuple(b for b in GPU_BACKENDS if f"{b} :" in system or f"{b.upper()} :" in system)
     return DeviceInfo(llama_cpp.__version__, bool(llama_cpp.llama_supports_gpu_offload()), backends)
 
@@ -68,14 +75,12 @@ def amx_hazard(system_info: str, cpu_flags: str) -> bool:
 @functools.cache
 def warn_if_amx() -> None:
     """Warn once, before the first model load, when :func:`amx_hazard` holds for this build and CPU."""
-    import llama_cpp
-
     try:
         flags = next((line.split(":", 1)[1] for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("flags")), "")
     except OSError:  # not Linux: no way to ask, and no report of the crash there
         return
-    if amx_hazard(llama_cpp.llama_print_system_info().decode("utf-8", errors="replace"), flags):
+    if amx_hazard(system_info(), flags):
         logger.warning("this llama-cpp-python build uses Intel AMX, which segfaults in llama.cpp's first decode on "
                        "this CPU (llama.cpp issue #20824); if it crashes, rebuild it without AMX: %s", AMX_HINT)
 

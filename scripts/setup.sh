@@ -15,13 +15,12 @@ python -m pip install -q torch==2.13.0
 # AMX buffer and segfaults in the first decode (llama.cpp issue #20824; fix pending in PR #26954). CMake takes
 # CFLAGS/CXXFLAGS as its initial flags, and an explicit -mno-amx-* wins over ggml's -march=native.
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-CFLAGS="${CFLAGS:-} ${NO_AMX}" CXXFLAGS="${CXXFLAGS:-} ${NO_AMX}" \
-  python -m pip install -q -e ".[test]" "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
+pip_no_amx() { CFLAGS="${CFLAGS:-} ${NO_AMX}" CXXFLAGS="${CXXFLAGS:-} ${NO_AMX}" python -m pip install -q "$@"; }
+pip_no_amx -e ".[test]" "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
 if ! python -c "import llama_cpp, sys; sys.exit('AMX_INT8 = 1' in llama_cpp.llama_print_system_info().decode())"
 then  # pip's cache held a wheel built with AMX: build this one afresh
   echo "llama-cpp-python in pip's cache was built with AMX: rebuilding it without (~6 min)"
-  CFLAGS="${CFLAGS:-} ${NO_AMX}" CXXFLAGS="${CXXFLAGS:-} ${NO_AMX}" \
-    python -m pip install -q --force-reinstall --no-deps --no-cache-dir "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
+  pip_no_amx --force-reinstall --no-deps --no-cache-dir "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
 fi
 
 # llama.cpp's own converter, the test oracle: it ships only in the llama-cpp-python source distribution.
