@@ -10,10 +10,21 @@ from pathlib import Path
 import gguf
 
 from hqq2gguf.errors import OptionError
-from hqq2gguf.cuda.device import Device
 from hqq2gguf.importance import ImportanceSource
 from hqq2gguf.optimize.config import SolverConfig
 from hqq2gguf.recipes import QuantOptions, Recipe
+
+
+class Device(str, Enum):
+    """Where the HQQ solver runs (``--device``)."""
+
+    AUTO = "auto"
+    """The fused CUDA kernels when a GPU, CuPy and the compiled kernels are all usable; the torch solver on the
+    CPU otherwise, with a log line saying why."""
+    CPU = "cpu"
+    """The pure-torch solver on the CPU: the reference, and the test oracle of the kernels."""
+    CUDA = "cuda"
+    """The fused CUDA kernels; an error (not a fallback) when they cannot run."""
 
 
 class OutType(str, Enum):

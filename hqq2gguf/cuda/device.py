@@ -7,26 +7,14 @@
 from __future__ import annotations
 
 import logging
-from enum import Enum
 
 import torch
 
 from hqq2gguf.cuda import loader
 from hqq2gguf.errors import DeviceError, OptionError
+from hqq2gguf.options import Device
 
 logger = logging.getLogger(__name__)
-
-
-class Device(str, Enum):
-    """Where the HQQ solver runs (``--device``)."""
-
-    AUTO = "auto"
-    """The fused CUDA kernels when a GPU, CuPy and the compiled kernels are all usable; the torch solver on the
-    CPU otherwise, with a log line saying why."""
-    CPU = "cpu"
-    """The pure-torch solver on the CPU: the reference, and the test oracle of the kernels."""
-    CUDA = "cuda"
-    """The fused CUDA kernels; an error (not a fallback) when they cannot run."""
 
 
 def cuda_unusable_reason(device_index: int = 0) -> str | None:
