@@ -4,10 +4,8 @@ Q4_0, Q5_0, Q8_0, TQ1_0, TQ2_0 (``x = d*q``), Q4_1, Q5_1 (``x = d*q + m``), IQ4_
 Free: d (and m), snapped to fp16 inside the loop; the codes are the nearest under the snapped values.
 
 All starts run side by side: rows ``[s*n:(s+1)*n]`` of every working tensor belong to start ``s``; start 0
-is llama.cpp's answer (its exact fields are also the initial "best" of every start, so no block can end
-worse than llama.cpp on the objective). A block stops iterating after ``cfg.patience`` iterations without
-improving its best (see :class:`~hqq2gguf.optimize.config.SolverConfig`); that test is per block, so the
-result does not depend on how blocks are chunked.
+is llama.cpp's answer; :class:`~hqq2gguf.optimize.core.BestOfStarts` keeps the best per block (never worse
+than llama.cpp's) and stops a block after ``cfg.patience`` iterations without improvement.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from hqq2gguf.optimize.config import SolverConfig
-from hqq2gguf.optimize.core import Grid, fit_affine, fit_scale, fp16, hq_target, weighted_sse
+from hqq2gguf.optimize.core import BestOfStarts, Grid, fit_affine, fit_scale, fp16, hq_target, weighted_sse
 from hqq2gguf.qtypes import QuantSpec
 
 State = dict[str, torch.Tensor]
@@ -54,12 +52,8 @@ def solve_block_scale(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: t
     xs, ws, wf = x.repeat(n_starts, 1), w.repeat(n_starts, 1), wfit.repeat(n_starts, 1)
     s = torch.cat([base["d"], s_extra])
     b = torch.cat([base["m"], b_extra]) if spec.affine else None
-    # best per (start, block); the baseline is scored once and is every start's initial best
     base_obj = weighted_sse(x, _decode(grid, base["q"], base["d"], base.get("m")), w)
-    best = {k: v.repeat(n_starts, *([1] * (v.dim() - 1))) for k, v in base.items()} | {
-        "obj": base_obj.repeat(n_starts)}
-    idx = torch.arange(xs.shape[0])  # rows still iterating, into the full (start, block) arrays
-    stall = torch.zeros(xs.shape[0], dtype=torch.int64)
+    best = BestOfStarts(base, base_obj, n_starts)
     beta, p = cfg.beta0, (cfg.p if cfg.shrinks else None)
     for it in range(cfg.iterations + 1):
         d16 = fp16(s)
@@ -68,12 +62,7 @@ def solve_block_scale(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: t
         q, lv = grid.codes(xs, d16[:, None], off)
         x_hat = d16[:, None] * lv + off
         obj = weighted_sse(xs, x_hat, ws)
-        better = obj < best["obj"][idx]
-        if bool(better.any()):
-            rows = idx[better]
-            best["obj"][rows], best["d"][rows], best["q"][rows] = obj[better], d16[better], q[better]
-            if spec.affine:
-                best["m"][rows] = m16[better]
+        better = best.record(obj, {"d": d16, "q": q} | ({"m": m16} if spec.affine else {}))
         if it == cfg.iterations:
             break
         t = hq_target(xs, x_hat, d16[:, None], p, beta)
@@ -82,25 +71,15 @@ def solve_block_scale(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: t
         else:
             s = fit_scale(lv, t, wf, d16)
         beta *= cfg.kappa
-        if cfg.patience and it > 0:
-            stall = torch.where(better, 0, stall + 1)
-            keep = stall < cfg.patience
-            if not bool(keep.all()):
-                idx, stall, s, xs, ws, wf = idx[keep], stall[keep], s[keep], xs[keep], ws[keep], wf[keep]
-                b = b[keep] if spec.affine else None
-                if idx.numel() == 0:
-                    break
-    return _best_of_starts(best, n_starts, n)
+        if (keep := best.keep_iterating(better, cfg.patience, it)) is not None:
+            s, xs, ws, wf = s[keep], xs[keep], ws[keep], wf[keep]
+            b = b[keep] if spec.affine else None
+            if best.finished:
+                break
+    return best.result()
 
 
 def _decode(grid: Grid, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
     lv = grid.levels[q.long() - grid.qmin] if grid.mids is None else grid.levels[q.long()]
     y = lv * d[:, None]
     return y if m is None else y + m[:, None]
-
-
-def _best_of_starts(best: State, n_starts: int, n: int) -> State:
-    """Per block, the start with the lowest objective (the first on ties: llama.cpp's answer wins ties)."""
-    pick = best["obj"].reshape(n_starts, n).argmin(dim=0)
-    rows = pick * n + torch.arange(n)
-    return {k: v[rows] for k, v in best.items()}

@@ -141,10 +141,50 @@ def weighted_sse(x: torch.Tensor, x_hat: torch.Tensor, w: torch.Tensor) -> torch
     return (e.mul_(e).mul_(w)).sum(-1)
 
 
-def keep_better(better: torch.Tensor, new: dict[str, torch.Tensor], best: dict[str, torch.Tensor]) -> None:
-    """In place: every tensor of ``best`` takes ``new``'s rows where ``better`` (axis 0) is set."""
-    if not bool(better.any()):
-        return
-    for k, v in new.items():
-        m = better.reshape(-1, *([1] * (v.dim() - 1)))
-        best[k] = torch.where(m, v, best[k])
+class BestOfStarts:
+    """The multi-start bookkeeping both solvers share: the best fields seen per (start, block), which blocks
+    still iterate, and how long each has gone without improving.
+
+    Rows ``[s*n:(s+1)*n]`` of every working tensor belong to start ``s``. Every start's initial best is
+    llama.cpp's answer ``base`` (scored ``base_obj``), so no block can end worse than llama.cpp on the
+    objective; ties keep the earlier start, so llama.cpp's answer wins them."""
+
+    def __init__(self, base: dict[str, torch.Tensor], base_obj: torch.Tensor, n_starts: int) -> None:
+        self.n, self.n_starts = base_obj.shape[0], n_starts
+        self.best = {k: v.repeat(n_starts, *([1] * (v.dim() - 1))) for k, v in base.items()} | {
+            "obj": base_obj.repeat(n_starts)}
+        self.idx = torch.arange(n_starts * self.n)  # rows still iterating, into the full (start, block) arrays
+        self.stall = torch.zeros(n_starts * self.n, dtype=torch.int64)
+
+    def record(self, obj: torch.Tensor, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Keep ``fields`` (rows of the iterating blocks) where ``obj`` beats the best so far; the mask."""
+        better = obj < self.best["obj"][self.idx]
+        if bool(better.any()):
+            rows = self.idx[better]
+            self.best["obj"][rows] = obj[better]
+            for k, v in fields.items():
+                self.best[k][rows] = v[better]
+        return better
+
+    def keep_iterating(self, better: torch.Tensor, patience: int, it: int) -> torch.Tensor | None:
+        """After iteration ``it``: the mask of the iterating rows that go on (a block stops after ``patience``
+        iterations without improving its best), or None when they all do. The test is per block, so the
+        result does not depend on how blocks are chunked."""
+        if not patience or it == 0:
+            return None
+        self.stall = torch.where(better, 0, self.stall + 1)
+        keep = self.stall < patience
+        if bool(keep.all()):
+            return None
+        self.idx, self.stall = self.idx[keep], self.stall[keep]
+        return keep
+
+    @property
+    def finished(self) -> bool:
+        return self.idx.numel() == 0
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """Per block, the fields of the start with the lowest objective (the first on ties)."""
+        pick = self.best["obj"].reshape(self.n_starts, self.n).argmin(dim=0)
+        rows = pick * self.n + torch.arange(self.n)
+        return {k: v[rows] for k, v in self.best.items()}

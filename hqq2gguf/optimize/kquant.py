@@ -9,8 +9,8 @@ IQ4_XS (``x = (d*sc)*kvalues[q]``). One half-quadratic iteration is a block-coor
    the current one and round(value / d) +- radius, on the exact objective with codes re-fit under each;
 4. super-block: (d, dmin) by weighted least squares to t under the chosen integers and codes, snapped to fp16.
 
-Starts run side by side along axis 0, and blocks stop after ``cfg.patience`` iterations without
-improvement, as in :mod:`hqq2gguf.optimize.block_scale`. Integers (sc, mn, q) are held as float32.
+Starts run side by side along axis 0 (:class:`~hqq2gguf.optimize.core.BestOfStarts` keeps the best), and blocks
+stop after ``cfg.patience`` iterations without improvement. Integers (sc, mn, q) are held as float32.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from __future__ import annotations
 import torch
 
 from hqq2gguf.optimize.config import SolverConfig
-from hqq2gguf.optimize.core import TINY, Grid, fit_affine, fit_scale, fp16, hq_target, inverse, weighted_sse
+from hqq2gguf.optimize.core import (
+    TINY, BestOfStarts, Grid, fit_affine, fit_scale, fp16, hq_target, inverse, weighted_sse,
+)
 from hqq2gguf.qtypes import QuantSpec
 
 State = dict[str, torch.Tensor]
@@ -145,10 +147,7 @@ def solve_super(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: torch.T
     D0, B0 = k.scales(base)
     x_hat0 = D0[..., None] * k.level(base["q"].reshape(n, k.G, k.S))
     base_obj = weighted_sse(xg0, x_hat0 + B0[..., None] if k.affine else x_hat0, wg0).sum(-1)
-    best = {name: v.repeat(n_starts, *([1] * (v.dim() - 1))) for name, v in base.items()} | {
-        "obj": base_obj.repeat(n_starts)}
-    idx = torch.arange(xg.shape[0])  # rows still iterating, into the full (start, block) arrays
-    stall = torch.zeros(xg.shape[0], dtype=torch.int64)
+    best = BestOfStarts(base, base_obj, n_starts)
     beta, p = cfg.beta0, (cfg.p if cfg.shrinks else None)
     for it in range(cfg.iterations + 1):
         D, B = k.scales(st)
@@ -156,13 +155,7 @@ def solve_super(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: torch.T
         q, lv = k.grid.codes(xg, D[..., None], Bx)
         x_hat = D[..., None] * lv + Bx
         err = weighted_sse(xg, x_hat, wg)
-        obj = err.sum(-1)
-        better = obj < best["obj"][idx]
-        if bool(better.any()):
-            rows = idx[better]
-            best["obj"][rows], best["q"][rows] = obj[better], q[better].flatten(1)
-            for name in names:
-                best[name][rows] = st[name][better]
+        better = best.record(err.sum(-1), {"q": q.flatten(1)} | {name: st[name] for name in names})
         if it == cfg.iterations:
             break
         t = hq_target(xg, x_hat, D[..., None], p, beta)
@@ -173,17 +166,12 @@ def solve_super(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: torch.T
         st = _pick_sub(k, st, s, b, xg, wg, cfg.sub_scale_radius, err)
         st = _refit_super(k, st, xg, wf, p, beta)
         beta *= cfg.kappa
-        if cfg.patience and it > 0:
-            stall = torch.where(better, 0, stall + 1)
-            keep = stall < cfg.patience
-            if not bool(keep.all()):
-                idx, stall, xg, wg, wf = idx[keep], stall[keep], xg[keep], wg[keep], wf[keep]
-                st = {name: v[keep] for name, v in st.items()}
-                if idx.numel() == 0:
-                    break
-    pick = best["obj"].reshape(n_starts, n).argmin(dim=0)
-    rows = pick * n + torch.arange(n)
-    return {name: v[rows] for name, v in best.items()}
+        if (keep := best.keep_iterating(better, cfg.patience, it)) is not None:
+            xg, wg, wf = xg[keep], wg[keep], wf[keep]
+            st = {name: v[keep] for name, v in st.items()}
+            if best.finished:
+                break
+    return best.result()
 
 
 def _refit_super(k: _Super, st: State, xg: torch.Tensor, wf: torch.Tensor, p: float | None, beta: float) -> State:

@@ -29,14 +29,12 @@ from hqq2gguf.optimize.core import TINY
 from hqq2gguf.optimize.kquant import solve_super
 from hqq2gguf.optimize.weights import checked_importance, element_weights
 from hqq2gguf.pack import Fields, KQuantFields, LegacyFields
-from hqq2gguf.qtypes import Kind, QuantSpec, spec as spec_of
+from hqq2gguf.qtypes import QUANT_TYPES, Kind, QuantSpec, spec as spec_of
 
 logger = logging.getLogger(__name__)
 
-#: Types the solver handles, in the order they were brought up.
-SOLVER_TYPES: tuple[gguf.GGMLQuantizationType, ...] = tuple(gguf.GGMLQuantizationType[n] for n in (
-    "Q4_0", "Q5_0", "Q8_0", "Q4_1", "Q5_1", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K", "IQ4_XS",
-    "TQ1_0", "TQ2_0"))
+#: Types the solver handles: every quantized type of the one table (hqq2gguf.qtypes).
+SOLVER_TYPES: tuple[gguf.GGMLQuantizationType, ...] = QUANT_TYPES
 
 T = TypeVar("T")
 
