@@ -23,6 +23,7 @@ import gguf
 import torch
 
 from hqq2gguf.errors import InputError, UnsupportedError
+from hqq2gguf.models.hparams import write_common_hparams
 from hqq2gguf.models.shapes import EXPECTED_SHAPES, ShapeTable, config_dims
 
 logger = logging.getLogger(__name__)
@@ -44,23 +45,21 @@ class Architecture:
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
     # What llama.cpp's loader expects each tensor's shape to be (see models/shapes.py).
     expected_shapes: ClassVar[Mapping[gguf.MODEL_TENSOR, tuple[str, ...]]] = EXPECTED_SHAPES
-    # Set by the pipeline before ``set_gguf_parameters``: llama.cpp writes ``general.file_type`` in the
-    # middle of a family's keys (e.g. before ``llama.vocab_size``), and key order is part of the bytes.
-    file_type: gguf.LlamaFileType | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in cls.__dict__.get("hf_architectures", ()):
             _REGISTRY[name] = cls
 
-    def __init__(self, hparams: dict[str, Any], model_dir: Path) -> None:
+    def __init__(self, hparams: dict[str, Any], model_dir: Path, file_type: gguf.LlamaFileType | None = None) -> None:
         self.hparams = hparams
         self.dir_model = model_dir
+        # general.file_type: llama.cpp writes it in the middle of a family's keys (e.g. before
+        # ``llama.vocab_size``), and key order is part of the bytes, so the family writes it (write_file_type).
+        self.file_type = file_type
         self.block_count: int = self.find_hparam(["n_layers", "num_hidden_layers", "n_layer", "num_layers"])
         self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, self.block_count)
         self.rope_parameters: dict[str, Any] = dict(hparams.get("rope_parameters", hparams.get("rope_scaling")) or {})
-        # general.file_type, written with the common keys (where llama.cpp writes it); set by the pipeline.
-        self.file_type: gguf.LlamaFileType | None = None
         self._mirror_rope_parameters()
 
     # --- hyper-parameters -------------------------------------------------------------------------
@@ -112,8 +111,6 @@ class Architecture:
 
     def set_gguf_parameters(self, writer: gguf.GGUFWriter) -> None:
         """The keys every text model gets (llama.cpp's ``TextModel.set_gguf_parameters``)."""
-        from hqq2gguf.models.hparams import write_common_hparams
-
         write_common_hparams(self, writer)
 
     def set_early_gguf_parameters(self, writer: gguf.GGUFWriter) -> None:
@@ -124,7 +121,7 @@ class Architecture:
         """
 
     def write_file_type(self, writer: gguf.GGUFWriter) -> None:
-        """``general.file_type`` at the position the family's converter writes it (if the pipeline set it)."""
+        """``general.file_type`` at the position the family's converter writes it (if the model has one)."""
         if self.file_type is not None:
             writer.add_file_type(self.file_type)
 
@@ -180,7 +177,8 @@ class Architecture:
         return any(self.match_model_tensor_name(new_name, key, bid) for key in F32_TENSORS)
 
 
-def architecture_for(hparams: dict[str, Any], model_dir: Path) -> Architecture:
+def architecture_for(hparams: dict[str, Any], model_dir: Path,
+                     file_type: gguf.LlamaFileType | None = None) -> Architecture:
     from hqq2gguf import models  # noqa: F401 - importing the package registers every family
 
     hf_arch = hparams["architectures"][0]
@@ -192,7 +190,7 @@ def architecture_for(hparams: dict[str, Any], model_dir: Path) -> Architecture:
             "convert_hf_to_gguf.py, then give that GGUF to hqq2gguf: every architecture llama.cpp knows "
             "passes through the GGUF route", file=model_dir / "config.json",
         )
-    return cls(hparams, model_dir)
+    return cls(hparams, model_dir, file_type)
 
 
 def supported_architectures() -> list[str]:

@@ -1,7 +1,8 @@
 """The hyper-parameter keys every text model gets, as llama.cpp's converter writes them.
 
-``general.file_type`` depends on the output type, not the model: the pipeline sets
-``Architecture.file_type`` and the architecture writes it where llama.cpp's converter does (last here).
+``general.file_type`` depends on the output type, not the model: the architecture is built with it and
+writes it where llama.cpp's converter does (last here). The functions take any :class:`ModelHparams` (an
+:class:`~hqq2gguf.models.base.Architecture`), so this module does not import the one that imports it.
 """
 
 from __future__ import annotations
@@ -9,19 +10,32 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Sequence
 
 import gguf
 
 from hqq2gguf.errors import InputError, UnsupportedError
 
-if TYPE_CHECKING:
-    from hqq2gguf.models.base import Architecture
-
 logger = logging.getLogger(__name__)
 
 
-def write_common_hparams(arch: "Architecture", writer: gguf.GGUFWriter) -> None:
+class ModelHparams(Protocol):
+    """What the common keys are computed from: an architecture's parsed config.json."""
+
+    hparams: dict[str, Any]
+    dir_model: Path
+    block_count: int
+    rope_parameters: dict[str, Any]
+
+    @property
+    def arch_name(self) -> str: ...
+
+    def find_hparam(self, keys: Sequence[str], optional: bool = False) -> Any: ...
+
+    def write_file_type(self, writer: gguf.GGUFWriter) -> None: ...
+
+
+def write_common_hparams(arch: ModelHparams, writer: gguf.GGUFWriter) -> None:
     find = arch.find_hparam
     writer.add_block_count(arch.block_count)
     if (n_ctx := find(["max_position_embeddings", "n_ctx", "n_positions", "max_length", "max_sequence_length",
@@ -53,7 +67,7 @@ def write_common_hparams(arch: "Architecture", writer: gguf.GGUFWriter) -> None:
     arch.write_file_type(writer)
 
 
-def _write_rope(arch: "Architecture", writer: gguf.GGUFWriter) -> None:
+def _write_rope(arch: ModelHparams, writer: gguf.GGUFWriter) -> None:
     rope = arch.rope_parameters.get("full_attention", arch.rope_parameters)
     if (rope_type := rope.get("rope_type")) is not None:
         factor = rope.get("factor")
@@ -88,7 +102,7 @@ def _write_rope(arch: "Architecture", writer: gguf.GGUFWriter) -> None:
 _POOLING_MODES = {"mean": gguf.PoolingType.MEAN, "cls": gguf.PoolingType.CLS, "lasttoken": gguf.PoolingType.LAST}
 
 
-def write_pooling_type(arch: "Architecture", writer: gguf.GGUFWriter) -> None:
+def write_pooling_type(arch: ModelHparams, writer: gguf.GGUFWriter) -> None:
     """Pooling of sentence-transformers embedding models (llama.cpp's ``_try_set_pooling_type``)."""
     pooling_dir = None
     modules_file = arch.dir_model / "modules.json"
@@ -125,10 +139,3 @@ def read_json(path: Path) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"invalid JSON: {e}", file=path) from e
 
-
-def read_json_object_if_present(path: Path) -> dict[str, Any]:
-    """A JSON object file that may be absent (tokenizer_config.json...): {} when absent or not an object."""
-    if not path.is_file():
-        return {}
-    value = read_json(path)
-    return value if isinstance(value, dict) else {}

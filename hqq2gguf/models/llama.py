@@ -75,8 +75,8 @@ class LlamaArchitecture(Architecture):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
     undo_permute = True
 
-    def __init__(self, hparams: dict[str, Any], model_dir: Any) -> None:
-        super().__init__(hparams, model_dir)
+    def __init__(self, hparams: dict[str, Any], model_dir: Any, file_type: gguf.LlamaFileType | None = None) -> None:
+        super().__init__(hparams, model_dir, file_type)
         if "draft_vocab_size" in hparams and hparams.get("num_hidden_layers") == 1:
             raise UnsupportedError("EAGLE-3 draft models are not supported", file=model_dir / "config.json")
 

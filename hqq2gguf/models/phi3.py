@@ -38,8 +38,8 @@ class Phi3Architecture(Architecture):
     expected_shapes: ClassVar[Mapping[gguf.MODEL_TENSOR, tuple[str, ...]]] = {
         **EXPECTED_SHAPES, gguf.MODEL_TENSOR.ATTN_QKV: (QKV_ROWS, HIDDEN), gguf.MODEL_TENSOR.FFN_UP: (GATE_UP_ROWS, HIDDEN)}
 
-    def __init__(self, hparams: dict[str, Any], model_dir: Path) -> None:
-        super().__init__(hparams, model_dir)
+    def __init__(self, hparams: dict[str, Any], model_dir: Path, file_type: gguf.LlamaFileType | None = None) -> None:
+        super().__init__(hparams, model_dir, file_type)
         if "original_max_position_embeddings" not in self.rope_parameters:
             raise InputError("config.json lacks original_max_position_embeddings", file=model_dir / "config.json")
 

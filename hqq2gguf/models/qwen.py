@@ -43,8 +43,8 @@ class Qwen3Architecture(Qwen2Architecture):
     hf_architectures = ("Qwen3ForCausalLM",)
     gguf_arch = gguf.MODEL_ARCH.QWEN3
 
-    def __init__(self, hparams: dict[str, Any], model_dir: Path) -> None:
-        super().__init__(hparams, model_dir)
+    def __init__(self, hparams: dict[str, Any], model_dir: Path, file_type: gguf.LlamaFileType | None = None) -> None:
+        super().__init__(hparams, model_dir, file_type)
         if _is_qwen3_reranker(hparams, model_dir):
             raise UnsupportedError("Qwen3 reranker models are not supported for Hugging Face input; convert "
                                    "with llama.cpp and give hqq2gguf the GGUF", file=model_dir)
