@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from hqq2gguf import ggml_ref, pack
-from hqq2gguf.importance import read_imatrix
+from hqq2gguf.calibrate import read_imatrix
 from hqq2gguf.optimize import SolverConfig, WeightMode, solve
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -34,8 +34,9 @@ from hqq2gguf.runtime.metrics import paired_kld_ratio
 logger = logging.getLogger("quality")
 
 DEFAULT_RECIPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_NL", "Q4_0", "Q3_K_M", "Q2_K")
-DEFAULT_CORPUS = Path("/work/shared/eval/wiki.test.raw")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CORPUS = REPO.parent / "shared" / "eval" / "wiki.test.raw"  # ../shared beside the repository
+RESULTS_DIR = REPO / "benchmarks" / "results"
 QUANTIZERS = ("llama.cpp", "hqq2gguf")  # table column groups, in order; ratio = hqq2gguf / llama.cpp
 
 # llama.cpp baselines published in shared/eval/README.md (no imatrix, same dithered seed-1234 reference):
@@ -71,10 +72,10 @@ def llama_cpp_quantize(src: Path, dst: Path, recipe: str, n_threads: int) -> flo
 def llama_cpp_quantize_imatrix(src: Path, dst: Path, recipe: str, n_threads: int, imatrix: Path,
                                binary: Path | None) -> float:
     """llama.cpp's quantizer WITH an imatrix: through llama-cpp-python (the imatrix read and normalized as
-    llama-quantize does, hqq2gguf.importance), or the llama-quantize binary when given; returns wall seconds."""
+    llama-quantize does, hqq2gguf.calibrate), or the llama-quantize binary when given; returns wall seconds."""
     if binary is None:
         from hqq2gguf.baseline import llama_quantize
-        from hqq2gguf.importance import read_imatrix
+        from hqq2gguf.calibrate import read_imatrix
 
         return llama_quantize(src, dst, gguf.LlamaFileType[f"MOSTLY_{recipe}"], nthread=n_threads,
                               imatrix=read_imatrix(imatrix).entries)
@@ -92,7 +93,7 @@ def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_
                       importance: str = "none", imatrix: Path | None = None) -> float:
     """Quantize ``src`` to ``dst`` with hqq2gguf --type RECIPE; returns wall seconds."""
     from hqq2gguf.convert import convert
-    from hqq2gguf.importance import ImportanceSource
+    from hqq2gguf.options import ImportanceSource
     from hqq2gguf.optimize import SolverConfig, WeightMode
     from hqq2gguf.options import ConvertOptions
     from hqq2gguf.recipes import Recipe
@@ -261,7 +262,7 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_CORPUS)
 @click.option("--threads", "n_threads", type=int, default=os.cpu_count(), show_default=True)
 @click.option("--dither-seed", type=int, default=1234, show_default=True, help="recorded: the reference's seed")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("/work/models/quality"),
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=REPO / ".cache" / "quality",
               show_default=True, help="quantized files and the reference log-prob cache (outside the repo)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
 @click.option("--quantizers", default="llama.cpp,hqq2gguf", show_default=True,

@@ -25,7 +25,7 @@ def llama_quantize(src: Path | str, dst: Path | str, ftype: gguf.LlamaFileType |
     The options are llama-quantize's: --pure, --dry-run, --leave-output-tensor, --output-tensor-type,
     --token-embedding-type, --tensor-type PATTERN=TYPE (lower-cased, as llama-quantize does) and --imatrix:
     ``imatrix`` maps tensor names to their importance (what llama-quantize passes after dividing the file's
-    sums by the counts: :attr:`hqq2gguf.importance.Importance.entries`)."""
+    sums by the counts: :attr:`hqq2gguf.calibrate.Importance.entries`)."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()

@@ -22,7 +22,7 @@ import gguf
 import numpy as np
 
 from hqq2gguf.errors import InputError, UnsupportedError
-from hqq2gguf.qtypes import QTYPES, spec
+from hqq2gguf.qtypes import spec
 
 LIB_ENV = "HQQ2GGUF_LIBGGML_BASE"
 
@@ -156,7 +156,3 @@ def ggml_validate_row_data(qtype: gguf.GGMLQuantizationType, data: np.ndarray) -
     buf = np.ascontiguousarray(data, dtype=np.uint8)
     return bool(_lib().ggml_validate_row_data(int(qtype), buf.ctypes.data, buf.nbytes))
 
-
-def supported() -> tuple[gguf.GGMLQuantizationType, ...]:
-    """The target types this module can run (every entry of the type table)."""
-    return tuple(QTYPES)

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any, TypeVar
 
 import gguf
 
 from hqq2gguf.errors import OptionError
-from hqq2gguf.importance import ImportanceSource
-from hqq2gguf.optimize.config import SolverConfig
+from hqq2gguf.optimize.config import SolverConfig, WeightMode
 from hqq2gguf.recipes import QuantOptions, Recipe
+
+E = TypeVar("E", bound=Enum)
+
+#: ``--bits N``: the recipe the seed documents map each bit width to.
+BITS_RECIPES = {"8": "Q8_0", "6": "Q6_K", "5": "Q5_K_M", "4": "Q4_K_M", "3": "Q3_K_M", "2": "Q2_K", "1": "TQ1_0"}
+
+
+def _parse(enum: type[E], value: str, option: str) -> E:
+    try:
+        return enum(value)
+    except ValueError:
+        raise OptionError(f"{option} must be one of {', '.join(m.value for m in enum)}, got {value!r}") from None
 
 
 class Device(str, Enum):
@@ -25,6 +38,19 @@ class Device(str, Enum):
     """The pure-torch solver on the CPU: the reference, and the test oracle of the kernels."""
     CUDA = "cuda"
     """The fused CUDA kernels; an error (not a fallback) when they cannot run."""
+
+
+class ImportanceSource(str, Enum):
+    """Where column importance comes from when no imatrix file is given (``--importance``)."""
+
+    NONE = "none"
+    """Uniform: every column counts the same (llama.cpp without an imatrix)."""
+    NORMS = "norms"
+    """The squared weight of the norm feeding each matrix (data-free; see
+    :func:`hqq2gguf.calibrate.proxy.norm_importance`)."""
+    DERIVED = "derived"
+    """NORMS, plus weight-derived estimates for the matrices no norm feeds (attn_output, ffn_down; see
+    :func:`hqq2gguf.calibrate.proxy.derived_importance`). Reads attn_v, ffn_gate and ffn_up once more before writing."""
 
 
 class OutType(str, Enum):
@@ -100,10 +126,14 @@ class ConvertOptions:
     imatrix: Path | None = None
     """llama.cpp's importance matrix (GGUF or legacy .dat): per-column weights of the solver's objective."""
     importance: ImportanceSource = ImportanceSource.NONE
-    """Data-free column importance when no imatrix is given (see :mod:`hqq2gguf.importance`)."""
+    """Data-free column importance when no imatrix is given (see :mod:`hqq2gguf.calibrate`)."""
     device: Device = Device.CPU
     """Where the solver runs: the torch path (CPU), the fused CUDA kernels, or AUTO (CUDA when usable). The
     output bytes are meant to be the same (cuda/README.md says how far that is verified)."""
+    group_size: int | None = None
+    """HQQ's group size, accepted for compatibility: the recipe's block type fixes it, other values are refused."""
+    seed: int | None = None
+    """Accepted for HQQ compatibility: the solver draws no random numbers, every seed gives the same bytes."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.outtype, OutType):
@@ -125,6 +155,55 @@ class ConvertOptions:
             raise OptionError("--imatrix and --importance need --type (or --bits)")
         if self.model_name is not None and not self.model_name.strip():
             raise OptionError("model name must not be empty")
+        if self.recipe is None and (self.group_size is not None or self.seed is not None):
+            raise OptionError("--group-size and --seed need --type (or --bits)")
+        if self.group_size is not None:
+            self.recipe.check_group_size(self.group_size)
+        if self.recipe is None and dataclasses.replace(self.quant, has_imatrix=False) != QuantOptions():
+            raise OptionError("per-tensor type options need --type (or --bits)")
+
+    @classmethod
+    def from_args(cls, *, recipe: str | None = None, bits: str | int | None = None, outtype: str = "f16",
+                  output_tensor_type: str | None = None, keep_lm_head_fp16: bool = False,
+                  token_embedding_type: str | None = None, tensor_type: Sequence[str] = (), pure: bool = False,
+                  leave_output_tensor: bool = False, imatrix: Path | None = None, importance: str = "none",
+                  device: str = "cpu", solver_weights: str | None = None, solver_iterations: int | None = None,
+                  **kwargs: Any) -> ConvertOptions:
+        """Options from the command line's words (``hqq2gguf convert``'s options, one keyword each), with its
+        shorthands resolved: ``bits`` for ``recipe``, ``keep_lm_head_fp16`` for ``output_tensor_type="F16"``,
+        ``solver_weights`` defaulting to ``importance`` with an imatrix. Every conflict is an OptionError,
+        whether it comes from here or from the fields' own validation."""
+        if recipe is not None and bits is not None:
+            raise OptionError("--type and --bits are exclusive")
+        if bits is not None and str(bits) not in BITS_RECIPES:
+            raise OptionError(f"--bits must be one of {', '.join(sorted(BITS_RECIPES))}, got {bits!r}")
+        if keep_lm_head_fp16:
+            if output_tensor_type is not None:
+                raise OptionError("--keep-lm-head-fp16 and --output-tensor-type are exclusive")
+            output_tensor_type = "F16"
+        chosen = recipe or (BITS_RECIPES[str(bits)] if bits is not None else None)
+        solver = SolverConfig(weights=_parse(WeightMode, solver_weights or ("importance" if imatrix else "auto"),
+                                             "--solver-weights"))
+        if solver_iterations is not None:
+            solver = dataclasses.replace(solver, iterations=solver_iterations)
+        quant = QuantOptions.from_cli(tensor_type=tuple(tensor_type), output_tensor_type=output_tensor_type,
+                                      token_embedding_type=token_embedding_type, pure=pure,
+                                      leave_output_tensor=leave_output_tensor)
+        return cls(outtype=_parse(OutType, outtype, "--outtype"), recipe=Recipe.parse(chosen) if chosen else None,
+                   quant=quant, solver=solver, imatrix=imatrix,
+                   importance=_parse(ImportanceSource, importance, "--importance"),
+                   device=_parse(Device, device, "--device"), **kwargs)
+
+    def weight_type(self, lossless: Sequence[gguf.GGMLQuantizationType]) -> gguf.GGMLQuantizationType:
+        """The type a plain conversion gives the weight matrices, given the lossless types of the input's
+        matrices: ``outtype``'s, or for ``auto`` the first matrix's (F16 when there is none)."""
+        if self.outtype is not OutType.AUTO:
+            return self.outtype.tensor_type
+        return lossless[0] if lossless else gguf.GGMLQuantizationType.F16
+
+    def file_type(self, weight_type: gguf.GGMLQuantizationType) -> gguf.LlamaFileType:
+        """``general.file_type``: the recipe's, or that of a plain conversion to ``weight_type``."""
+        return self.recipe.file_type if self.recipe is not None else FILE_TYPES[weight_type]
 
     @property
     def label(self) -> str:

@@ -46,7 +46,7 @@ class QuantJob:
     keep_as: str | None = None
     """Write the quantized file here and keep it (by default it is read back and deleted)."""
     imatrix: str | None = None
-    """An imatrix file (GGUF or legacy .dat), read with hqq2gguf.importance and passed as llama-quantize does."""
+    """An imatrix file (GGUF or legacy .dat), read with hqq2gguf.calibrate and passed as llama-quantize does."""
 
 
 @dataclass
@@ -118,7 +118,7 @@ def _worker(jobs_path: str, results_path: str) -> None:
 def _quantize_one(llama_cpp, job: QuantJob, dst: Path, log: list[str]) -> dict:
     from hqq2gguf.baseline import llama_quantize
     from hqq2gguf.errors import Hqq2GgufError
-    from hqq2gguf.importance import read_imatrix
+    from hqq2gguf.calibrate import read_imatrix
 
     del llama_cpp  # loaded and logging into ``log`` by the worker
     try:

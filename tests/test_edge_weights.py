@@ -17,7 +17,7 @@ from llama_quantize import QuantJob, run_quantize
 from safetensors.torch import load_file, save_file
 
 from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig
-from hqq2gguf.quantize import encode_solved
+from hqq2gguf.encode import solve_tensor
 from hqq2gguf.recipes import Recipe
 
 Q = gguf.GGMLQuantizationType
@@ -98,7 +98,7 @@ def test_every_solver_type_encodes_constant_blocks(qtype: gguf.GGMLQuantizationT
     rows = np.full((4, 256), value, dtype=np.float32)
     with warnings.catch_warnings(), np.errstate(divide="raise", invalid="raise", over="raise"):
         warnings.simplefilter("error")
-        packed = encode_solved("constant", rows, qtype, SolverConfig())
+        packed = solve_tensor("constant", rows, qtype, SolverConfig())
     decoded = gguf.quants.dequantize(packed, qtype)
     assert np.isfinite(decoded).all()
     # fp16 block scales: a value below their range decodes to 0

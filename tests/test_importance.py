@@ -15,14 +15,8 @@ from click.testing import CliRunner
 
 from hqq2gguf.cli import main
 from hqq2gguf.errors import InputError, OptionError
-from hqq2gguf.importance import (
-    Importance,
-    derived_importance,
-    derived_inputs,
-    needed_norms,
-    norm_importance,
-    read_imatrix,
-)
+from hqq2gguf.calibrate import Importance, read_imatrix
+from hqq2gguf.calibrate.proxy import derived_importance, derived_inputs, needed_norms, norm_importance
 from hqq2gguf.recipes import Recipe
 from test_quantize import SPEC
 

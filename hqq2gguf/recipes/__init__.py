@@ -7,7 +7,7 @@ same type for every tensor as llama-quantize does on the same input.
 """
 
 from hqq2gguf.recipes.model import ModelInfo, TensorInfo, read_gguf_model
-from hqq2gguf.recipes.plan import llama_order, plan_types
+from hqq2gguf.recipes.tensor_types import llama_order, plan_types
 from hqq2gguf.recipes.recipe import QuantOptions, Recipe, parse_ggml_type, parse_tensor_type
 from hqq2gguf.recipes.rules import Category, allows_quantization, category, shape_fallback, use_more_bits
 

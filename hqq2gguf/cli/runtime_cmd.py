@@ -1,14 +1,11 @@
 """``hqq2gguf run | chat | validate | ollama``: the commands that use an exported GGUF.
 
 Thin, like the rest of the CLI: options map onto ``hqq2gguf.runtime`` (Sampling, ValidateOptions, the
-Modelfile builder) and library errors become one-line messages through cli's ``_clean_errors``. cli.py
-imports this module to register the commands, so ``_clean_errors`` is looked up when a command runs,
-not when this module is imported.
+Modelfile builder) and library errors become one-line messages through :func:`~hqq2gguf.cli.errors.clean_errors`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -18,20 +15,12 @@ from typing import Any
 
 import click
 
+from hqq2gguf.cli.errors import clean_errors
+
 logger = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
 EXIT_COMMANDS = ("/exit", "/quit", "/bye")
-
-
-def _clean(func: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from hqq2gguf.cli import _clean_errors
-
-        return _clean_errors(func)(*args, **kwargs)
-
-    return wrapper
 
 
 def _sampling_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -81,7 +70,7 @@ def _stream(pieces) -> str:
 @click.option("--chat", "as_chat", is_flag=True, help="Wrap the prompt in the GGUF's chat template.")
 @click.option("--system", default=None, help="System prompt (with --chat).")
 @_sampling_options
-@_clean
+@clean_errors
 def run(model: Path, prompt: str, as_chat: bool, system: str | None, max_tokens: int, temperature: float,
         top_k: int, top_p: float, seed: int | None, n_gpu_layers: int, ctx_size: int, threads: int | None) -> None:
     """Generate from PROMPT with MODEL (a GGUF), streaming the text to stdout."""
@@ -109,7 +98,7 @@ def run(model: Path, prompt: str, as_chat: bool, system: str | None, max_tokens:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--system", default=None, help="System prompt for the whole conversation.")
 @_sampling_options
-@_clean
+@clean_errors
 def chat(model: Path, system: str | None, max_tokens: int, temperature: float, top_k: int, top_p: float,
          seed: int | None, n_gpu_layers: int, ctx_size: int, threads: int | None) -> None:
     """Talk with MODEL (a GGUF) through its chat template; the history is kept. /exit or EOF (Ctrl-D) ends."""
@@ -159,7 +148,7 @@ def chat(model: Path, system: str | None, max_tokens: int, temperature: float, t
 @click.option("--max-ppl-ratio", type=click.FloatRange(0), default=None, help="Limit on PPL / PPL(reference).")
 @click.option("--no-check-values", is_flag=True, help="Skip decoding every block to check it is finite.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-@_clean
+@clean_errors
 def validate(model: Path, reference: Path, text_file: Path | None, chunks: int | None, ctx_size: int,
              threads: int | None, n_gpu_layers: int, compare_devices: bool, max_kld: float | None,
              max_kld_p99: float | None, min_top1: float | None, max_ppl_ratio: float | None,
@@ -193,7 +182,7 @@ def validate(model: Path, reference: Path, text_file: Path | None, chunks: int |
 @click.option("--system", default=None, help="System prompt (default: the chat template's own, if any).")
 @click.option("--force", is_flag=True, help="Overwrite an existing Modelfile not written by hqq2gguf.")
 @click.option("--no-create", is_flag=True, help="Only write the Modelfile, even when ollama is installed.")
-@_clean
+@clean_errors
 def ollama(model: Path, name: str, output: Path | None, system: str | None, force: bool, no_create: bool) -> None:
     """Write an Ollama Modelfile for MODEL (a GGUF) and import it with `ollama create` when Ollama is on PATH."""
     import shlex
@@ -222,5 +211,3 @@ def ollama(model: Path, name: str, output: Path | None, system: str | None, forc
     else:
         sys.exit(run_create(name, path))
 
-
-COMMANDS = (run, chat, validate, ollama)

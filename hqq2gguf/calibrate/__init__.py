@@ -1,0 +1,69 @@
+"""Calibrate: per-column importance of every weight matrix, for the solver's objective.
+
+    importance = column_importance(source, options)     # Importance: GGUF name -> float32 (n_expert, ne0)
+    importance.for_tensor("blk.0.attn_q.weight", shape)
+
+From llama.cpp's imatrix file (``--imatrix``, :mod:`~hqq2gguf.calibrate.imatrix`), from the weights alone
+(``--importance norms|derived``, :mod:`~hqq2gguf.calibrate.proxy`), or none (uniform). Decided before anything
+is written: an imatrix made for another model is refused here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from hqq2gguf.calibrate.imatrix import Importance, read_imatrix
+from hqq2gguf.calibrate.proxy import derived_importance, derived_inputs, needed_norms, norm_importance
+from hqq2gguf.errors import InputError
+from hqq2gguf.options import ConvertOptions, ImportanceSource
+from hqq2gguf.sources import Source
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Importance", "ImportanceSource", "column_importance", "derived_importance", "norm_importance",
+           "read_imatrix"]
+
+
+def column_importance(source: Source, options: ConvertOptions) -> Importance:
+    """Column importance for the solver: the imatrix file, the weights' data-free proxy, or none.
+
+    Every imatrix entry naming an output tensor must fit it, and an imatrix naming none of them was made for
+    another model."""
+    if options.recipe is None:
+        return Importance()
+    outputs = source.outputs
+    if options.imatrix is not None:
+        imp = read_imatrix(options.imatrix)
+        shapes = {out.name: out.shape for out in outputs}
+        matched = [name for name in imp.entries if name in shapes]
+        if not matched:
+            raise InputError(f"none of the imatrix's {len(imp)} entries names a tensor of {source.path}: it was "
+                             "made for another model", file=options.imatrix)
+        for name in matched:
+            imp.for_tensor(name, shapes[name])
+        logger.info("imatrix: %d of its %d entries used", len(matched), len(imp))
+        return imp
+    if options.importance is ImportanceSource.NONE:
+        return Importance()
+    names = [out.name for out in outputs]
+    norms = dict(_read(source, needed_norms(names)))
+    if options.importance is ImportanceSource.NORMS:
+        return norm_importance(names, norms)
+    n_head = source.hparams.get(f"{source.arch}.attention.head_count", 0)
+    n_head_kv = source.hparams.get(f"{source.arch}.attention.head_count_kv", n_head)
+    if not (isinstance(n_head, int) and isinstance(n_head_kv, int)):  # per-layer head counts: not modelled
+        n_head = n_head_kv = 0
+    return derived_importance(names, norms, _read(source, derived_inputs(names)), n_head, n_head_kv)
+
+
+def _read(source: Source, wanted: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """The transformed float32 tensors named in ``wanted``, loaded one step at a time (a pre-pass)."""
+    for step in source.steps:
+        if any(out.name in wanted for out in step.outputs):
+            for name, t in step.tensors():
+                if name in wanted:
+                    yield name, t.to(torch.float32).numpy()

@@ -1,0 +1,3 @@
+from hqq2gguf.cli import main
+
+main()

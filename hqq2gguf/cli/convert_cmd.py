@@ -1,0 +1,69 @@
+"""``hqq2gguf convert``: options map one to one onto :meth:`ConvertOptions.from_args`, which holds every rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hqq2gguf.cli.errors import clean_errors
+from hqq2gguf.options import BITS_RECIPES
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output .gguf file, or an existing directory (file named by the GGUF naming convention). "
+                   "Default: the current directory.")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0", "auto"]), default="f16",
+              show_default=True, help="Type of the weight matrices; 1-D tensors and norms stay F32. "
+                                      "auto: the checkpoint's own precision (lossless).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized GGUF (dequantized first).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Load .bin/.pt pickle checkpoints with torch.load(weights_only=True). Refused by default: "
+                   "pickle files can run code.")
+@click.option("--model-name", default=None, help="Override general.name (and so the output file name).")
+@click.option("--no-check-finite", is_flag=True, help="Do not refuse weights holding NaN/Inf.")
+@click.option("--type", "recipe", default=None, metavar="RECIPE",
+              help="Quantize with llama.cpp's per-tensor types for RECIPE (Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, "
+                   "Q4_K_S, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0), "
+                   "every block chosen by the HQQ solver.")
+@click.option("--bits", type=click.Choice(sorted(BITS_RECIPES)), default=None,
+              help="Shorthand for --type: 8=Q8_0 6=Q6_K 5=Q5_K_M 4=Q4_K_M 3=Q3_K_M 2=Q2_K 1=TQ1_0.")
+@click.option("--output-tensor-type", default=None, metavar="TYPE", help="output.weight's type (as llama-quantize).")
+@click.option("--keep-lm-head-fp16", is_flag=True, help="Same as --output-tensor-type F16.")
+@click.option("--token-embedding-type", default=None, metavar="TYPE", help="token_embd.weight's type.")
+@click.option("--tensor-type", multiple=True, metavar="REGEX=TYPE",
+              help="Type for tensors whose name matches REGEX (repeatable; the first match wins).")
+@click.option("--pure", is_flag=True, help="The recipe's default type everywhere, no mixture rules.")
+@click.option("--leave-output-tensor", is_flag=True, help="Keep output.weight unquantized.")
+@click.option("--imatrix", type=click.Path(path_type=Path), default=None,
+              help="llama.cpp importance matrix (GGUF or legacy .dat): per-column weights of the objective.")
+@click.option("--importance", type=click.Choice(["none", "norms", "derived"]), default="none",
+              show_default=True,
+              help="Data-free column importance when no --imatrix is given (norms: squared weights of the norm "
+                   "feeding each matrix; derived: also estimates for attn_output and ffn_down from the weights).")
+@click.option("--group-size", type=int, default=None,
+              help="HQQ group size: the GGUF block type fixes it (e.g. 32 for Q4_K_M); other values are refused.")
+@click.option("--seed", type=int, default=None,
+              help="Accepted for HQQ compatibility: the solver draws no random numbers, the output is the same "
+                   "for every seed.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Where the solver runs: the torch path, the fused CUDA kernels (compiled at run time; needs "
+                   "pip install 'hqq2gguf[cuda]'), or auto (CUDA when usable). cpu stays the default until the "
+                   "kernels have been verified on a GPU (cuda/README.md).")
+@click.option("--solver-weights", type=click.Choice(["auto", "none", "abs", "square", "llama", "importance"]),
+              default=None, help="Element weights of the solver's objective (default: auto, llama.cpp's per type "
+                                 "except |x| for Q3_K, chosen by KLD; with --imatrix: llama.cpp's imatrix weighting).")
+@click.option("--solver-iterations", type=click.IntRange(0, 1000), default=None,
+              help="Half-quadratic iterations per block (default: the solver's).")
+@clean_errors
+def convert(model: Path, no_check_finite: bool, **options: object) -> None:
+    """Convert MODEL (a Hugging Face directory or an F32/F16/BF16 GGUF) into one GGUF file."""
+    from hqq2gguf.convert import convert as run_convert
+    from hqq2gguf.options import ConvertOptions
+
+    result = run_convert(model, ConvertOptions.from_args(check_finite=not no_check_finite, **options))
+    click.echo(f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB, {result.n_tensors} tensors, "
+               f"{result.seconds:.1f} s)")

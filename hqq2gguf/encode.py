@@ -1,0 +1,88 @@
+"""Encode: one planned tensor's float data -> its output bytes. The single dispatcher of the pipeline.
+
+* block types of a recipe: the HQQ solver (:mod:`hqq2gguf.optimize`), on the CPU (torch) or in the fused
+  CUDA kernels (:mod:`hqq2gguf.cuda`) as ``--device`` resolved;
+* everything else: gguf-py's reference encoding (which keeps ``--outtype q8_0`` identical to llama.cpp's
+  converter), or the bytes as they are for the pass-through integer types.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import gguf
+import numpy as np
+import torch
+
+from hqq2gguf.errors import MEMORY_HINT, InputError, ResourceError
+from hqq2gguf.optimize import SOLVER_TYPES, Encoded, SolverConfig, encode as solver_encode
+from hqq2gguf.options import ConvertOptions, Device
+from hqq2gguf.plan import PlannedTensor
+
+logger = logging.getLogger(__name__)
+
+Q = gguf.GGMLQuantizationType
+_PASS_THROUGH = (Q.I8, Q.I16, Q.I32, Q.I64, Q.F64)
+
+
+def encode_tensor(out: PlannedTensor, tensor: torch.Tensor, options: ConvertOptions,
+                  importance: np.ndarray | None = None) -> np.ndarray:
+    """The bytes of ``out`` (F32/F16 as float arrays, the rest uint8), from ``tensor`` in numpy order.
+
+    ``importance``: None or (n_expert, ne0) column importance for the solver (one row per expert)."""
+    if tuple(tensor.shape) != out.shape:
+        raise InputError(f"shape {tuple(tensor.shape)} differs from the planned {out.shape} (internal error)",
+                         tensor=out.name)
+    array = tensor.contiguous().numpy()
+    try:
+        if options.recipe is not None and out.out_type in SOLVER_TYPES:
+            encoded = solve_tensor(out.name, array, out.out_type, options.solver, importance, options.device)
+        else:
+            encoded = reference_encode(out.name, array, out.out_type)
+    except MemoryError as e:
+        raise ResourceError(f"out of memory encoding {list(array.shape)} ({array.nbytes / 2**20:.1f} MiB) as "
+                            f"{out.out_type.name}: {MEMORY_HINT}", tensor=out.name) from e
+    if encoded.nbytes != out.nbytes:
+        raise InputError(f"encoded {encoded.nbytes} bytes, planned {out.nbytes} (internal error)", tensor=out.name)
+    return encoded
+
+
+def reference_encode(name: str, data: np.ndarray, out_type: gguf.GGMLQuantizationType) -> np.ndarray:
+    """gguf-py's reference encoding: F32/F16 come back as float arrays, BF16 and block types as uint8."""
+    if out_type in _PASS_THROUGH:
+        return data  # pass-through types keep their bytes
+    try:
+        return gguf.quants.quantize(data, out_type)
+    except (gguf.QuantError, NotImplementedError) as e:
+        raise InputError(f"cannot encode as {out_type.name}: {e}", tensor=name) from e
+
+
+def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
+                 importance: np.ndarray | None = None, device: Device = Device.CPU) -> np.ndarray:
+    """HQQ-optimized blocks of ``array`` (numpy order, last axis blocked) as uint8 bytes; logs the error.
+
+    ``device``: CPU (the torch solver) or CUDA (resolved; the fused kernels for the types they cover).
+    A 3-D tensor's experts are solved one at a time, each with its own importance row."""
+    start = time.perf_counter()
+    n_expert = array.shape[0] if array.ndim == 3 else 1
+    experts = array.reshape(n_expert, -1, array.shape[-1])
+    done = Encoded.join([_solve_rows(experts[e].astype(np.float32, copy=False), qtype, config,
+                                     None if importance is None else torch.from_numpy(importance[e]), device)
+                         for e in range(n_expert)])
+    logger.info("%-32s %-6s rel.err %.4f  objective %.3f x llama.cpp%s  %.1f s", name, qtype.name,
+                (done.sq_error / max(done.sq_norm, 1e-300)) ** 0.5,
+                done.objective / max(done.baseline_objective, 1e-300),
+                "" if importance is None else " (importance-weighted)", time.perf_counter() - start)
+    return done.packed.reshape(*array.shape[:-1], -1)
+
+
+def _solve_rows(rows: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
+                importance: torch.Tensor | None, device: Device) -> Encoded:
+    if device is Device.CUDA:
+        from hqq2gguf.cuda import CUDA_TYPES, solve_cuda_solution  # CuPy and the kernels: only when asked for
+
+        if qtype in CUDA_TYPES:
+            return Encoded.of(solve_cuda_solution(torch.from_numpy(rows), qtype, importance=importance,
+                                                  config=config), rows)
+    return solver_encode(torch.from_numpy(rows), qtype, importance=importance, config=config)
