@@ -50,8 +50,8 @@ def _ours(src: Path, dst: Path, recipe: str, threads: int) -> float:
 @click.option("--recipes", default="Q4_K_M", show_default=True)
 @click.option("--threads", type=int, default=os.cpu_count(), show_default=True)
 @click.option("--repeats", type=int, default=1, show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("/work/models/speed"),
-              show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(__file__).resolve().parents[1] / ".cache" / "speed", show_default=True)
 def main(reference: Path, name: str, recipes: str, threads: int, repeats: int, workdir: Path) -> None:
     logging.basicConfig(level=logging.WARNING)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -31,11 +31,10 @@ from hqq2gguf.optimize import SOLVER_TYPES, Preset, SolverConfig, WeightMode, so
 from hqq2gguf.qtypes import spec
 
 logger = logging.getLogger("solver_mse")
-REF = Path("/work/models/ref")
-SOURCES = {
-    REF / "Qwen2.5-Coder-1.5B-Instruct.dithered-s1234.F16.gguf":
+SOURCES = {  # file names in --ref-dir (benchmarks/dither.py writes them)
+    "Qwen2.5-Coder-1.5B-Instruct.dithered-s1234.F16.gguf":
         ("blk.5.attn_q.weight", "blk.5.attn_v.weight", "blk.5.ffn_gate.weight", "blk.5.ffn_down.weight"),
-    REF / "SmolLM2-135M-Instruct.dithered-s1234.F16.gguf":
+    "SmolLM2-135M-Instruct.dithered-s1234.F16.gguf":
         ("blk.5.attn_q.weight", "blk.5.ffn_up.weight", "blk.5.ffn_down.weight"),
 }
 _THOROUGH = SolverConfig.preset(Preset.THOROUGH)
@@ -62,10 +61,11 @@ def _previous(configs: set[str], types: set[str]) -> list[dict]:
     return [r for r in old if r["config"] in CONFIGS and not (r["config"] in configs and r["type"] in types)]
 
 
-def load_slices(rows: int) -> dict[str, np.ndarray]:
+def load_slices(ref_dir: Path, rows: int) -> dict[str, np.ndarray]:
     """The first ``rows`` rows of each benchmark tensor, float32 (rows, ne0), keyed 'model:tensor'."""
     out = {}
-    for path, names in SOURCES.items():
+    for file_name, names in SOURCES.items():
+        path = ref_dir / file_name
         reader = gguf.GGUFReader(path)
         by_name = {t.name: t for t in reader.tensors}
         for name in names:
@@ -121,12 +121,14 @@ def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
 
 
 @click.command()
+@click.option("--ref-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="the directory of the dithered F16 references (benchmarks/dither.py)")
 @click.option("--rows", default=32, show_default=True, help="rows taken from each tensor")
 @click.option("--types", default=",".join(t.name for t in SOLVER_TYPES), show_default=True)
 @click.option("--configs", default=",".join(CONFIGS), show_default=True, help="comma-separated config names")
-def main(rows: int, types: str, configs: str) -> None:
+def main(ref_dir: Path, rows: int, types: str, configs: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    slices = load_slices(rows)
+    slices = load_slices(ref_dir, rows)
     qtypes = [gguf.GGMLQuantizationType[t.strip()] for t in types.split(",")]
     results = _previous(set(configs.split(",")), {q.name for q in qtypes})
     meta = {"command": "python benchmarks/solver_mse.py " + " ".join(sys.argv[1:])

@@ -3,6 +3,9 @@
 Markers (registered in pyproject.toml):
     oracle  -- compares with llama.cpp's convert_hf_to_gguf.py. Skipped (loudly) when its source is
                missing, unless HQQ2GGUF_REQUIRE_ORACLE=1 (CI), which turns the skip into a failure.
+    slow    -- builds a model, runs llama.cpp or the oracle, or compiles CUDA. Set here for every test that
+               uses one of SLOW_FIXTURES (directly or through another fixture) or is marked oracle/gpu, and
+               by hand elsewhere; ``python -m pytest -m "not slow"`` is the fast lane (README).
 """
 
 from __future__ import annotations
@@ -13,6 +16,19 @@ from pathlib import Path
 import oracle
 import pytest
 import tiny_models
+
+
+#: Fixtures that build models (tiny HF models; test_recipes' GGUFs, which llama-quantize then reads), run
+#: llama.cpp's converter, or compile the CUDA sources for the CPU: a test that needs any of them, however
+#: indirectly, is slow.
+SLOW_FIXTURES = frozenset({"tiny_model_dir", "model_ggufs", "oracle_src", "oracle_gguf", "host_launcher"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or item.get_closest_marker("oracle") or item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

