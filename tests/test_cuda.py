@@ -115,6 +115,16 @@ def test_sources_cover_the_types_and_state_their_compile_line() -> None:
         assert "nvcc -std=c++17" in header and "NVRTC" in header, f"{source.name}: header lacks the compile line"
 
 
+def test_submodules_import_each_other_by_module_path() -> None:
+    """Imports inside hqq2gguf/cuda/ point one way: no submodule imports through the package's __init__."""
+    package = Path(__file__).resolve().parents[1] / "hqq2gguf" / "cuda"
+    offenders = [p.name for p in package.glob("*.py") if p.name != "__init__.py"
+                 and re.search(r"^\s*from hqq2gguf\.cuda import ", p.read_text(), re.MULTILINE)]
+    assert offenders == []
+    from hqq2gguf import options
+    assert Device is options.Device  # still re-exported by hqq2gguf.cuda
+
+
 def test_inlined_source_is_self_contained() -> None:
     """What NVRTC gets: no local #include left (it has no include path), every entry point present."""
     for source in SOURCES:

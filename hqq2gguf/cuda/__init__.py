@@ -9,7 +9,10 @@ CuPy until a kernel is needed, so the package works without it. Status: compiled
 not yet run on a GPU (cuda/README.md).
 """
 
-from hqq2gguf.cuda.device import Device, cuda_unusable_reason, resolve_device
+# Submodules import each other by full module path (``import hqq2gguf.cuda.loader as loader``), never
+# through this package, so imports point one way: loader <- device, solve_cuda <- this package.
+from hqq2gguf.cuda.device import cuda_unusable_reason, resolve_device
+from hqq2gguf.options import Device  # lives with the other options; re-exported here for compatibility
 from hqq2gguf.cuda.solve_cuda import CUDA_TYPES, CudaLauncher, solve_cuda, solve_cuda_solution
 
 __all__ = ["CUDA_TYPES", "CudaLauncher", "Device", "cuda_unusable_reason", "resolve_device", "solve_cuda",

@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from hqq2gguf.cuda import loader
+import hqq2gguf.cuda.loader as loader
 from hqq2gguf.errors import DeviceError, OptionError
 from hqq2gguf.options import Device
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from hqq2gguf.cuda import loader
+import hqq2gguf.cuda.loader as loader
 from hqq2gguf.cuda.solve_cuda import BlockInputs
 from hqq2gguf.errors import UnsupportedError
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hqq2gguf import ggml_ref, pack
-from hqq2gguf.cuda import loader
+import hqq2gguf.cuda.loader as loader
 from hqq2gguf.errors import DeviceError, InputError, UnsupportedError
 from hqq2gguf.optimize import Solution, SolverConfig, block_objective, element_weights
 # The torch path's own input checks and fitting-weight floor: one definition, so the contracts cannot drift.
