@@ -115,6 +115,20 @@ def test_sources_cover_the_types_and_state_their_compile_line() -> None:
         assert "nvcc -std=c++17" in header and "NVRTC" in header, f"{source.name}: header lacks the compile line"
 
 
+def test_kernels_follow_the_one_type_table() -> None:
+    """loader.KERNELS is derived from hqq2gguf.qtypes: every quantized type but the ternary ones, the family of
+    its kind; and the sources define exactly these entry points (no kernel the loader would never find)."""
+    from hqq2gguf.qtypes import QTYPES, QUANT_TYPES, Kind
+
+    assert set(loader.WITHOUT_KERNEL) == {Q.TQ1_0, Q.TQ2_0}
+    assert set(CUDA_TYPES) == set(QUANT_TYPES) - set(loader.WITHOUT_KERNEL)
+    for qtype, k in loader.KERNELS.items():
+        assert k.family == {Kind.BLOCK: "block_scale", Kind.SUPER: "kquant"}[QTYPES[qtype].kind]
+        assert k.entry == f"hqq_{qtype.name.lower()}"
+    defined = {m for src in SOURCES for m in re.findall(r"^HQQ_DEFINE_ENTRY\((\w+),", src.read_text(), re.MULTILINE)}
+    assert defined == {k.entry for k in loader.KERNELS.values()}
+
+
 def test_submodules_import_each_other_by_module_path() -> None:
     """Imports inside hqq2gguf/cuda/ point one way: no submodule imports through the package's __init__."""
     package = Path(__file__).resolve().parents[1] / "hqq2gguf" / "cuda"

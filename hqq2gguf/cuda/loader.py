@@ -24,6 +24,7 @@ import gguf
 
 from hqq2gguf.cuda.sum_order import torch_sum_lanes
 from hqq2gguf.errors import DeviceError
+from hqq2gguf.qtypes import QTYPES, QUANT_TYPES, Kind, QuantSpec
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,27 @@ class Kernel:
     entry: str
 
 
-#: Every type with a fused kernel.
+FAMILY_OF_KIND: dict[Kind, str] = {Kind.BLOCK: "block_scale", Kind.SUPER: "kquant"}
+"""The kernel family (``cuda/<family>.cu``) that solves each kind of block of hqq2gguf.qtypes."""
+
+WITHOUT_KERNEL: dict[gguf.GGMLQuantizationType, str] = {
+    t: "ternary: 256-element blocks of trits, which block_scale.cu (32-element blocks held in registers) does not "
+       "lay out and ggml_blocks.cuh has no writer for; one fp16 scale per 256 weights leaves the torch solver "
+       "little to do, so these stay on the CPU" for t in (Q.TQ1_0, Q.TQ2_0)}
+"""The quantized types of hqq2gguf.qtypes with no fused kernel, and why (they stay on the torch path)."""
+
+
+def kernel_of(qspec: QuantSpec) -> Kernel | None:
+    """The rule, in one place: every quantized type of the one table (hqq2gguf.qtypes.QUANT_TYPES) except
+    those in :data:`WITHOUT_KERNEL` has a kernel, in the family of its kind, entry ``hqq_<name lower>``."""
+    if qspec.qtype not in QUANT_TYPES or qspec.qtype in WITHOUT_KERNEL:
+        return None
+    return Kernel(FAMILY_OF_KIND[qspec.kind], f"hqq_{qspec.name.lower()}")
+
+
+#: Every type with a fused kernel, in the order of the one table (hqq2gguf.qtypes).
 KERNELS: dict[gguf.GGMLQuantizationType, Kernel] = {
-    **{t: Kernel("block_scale", f"hqq_{t.name.lower()}") for t in (Q.Q4_0, Q.Q5_0, Q.Q8_0, Q.IQ4_NL, Q.Q4_1, Q.Q5_1)},
-    **{t: Kernel("kquant", f"hqq_{t.name.lower()}") for t in (Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q3_K, Q.Q2_K, Q.IQ4_XS)},
-}
+    t: k for t in QUANT_TYPES if (k := kernel_of(QTYPES[t])) is not None}
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 _modules: dict[tuple[str, str, int], Any] = {}

@@ -32,7 +32,7 @@ from hqq2gguf.qtypes import Kind, QuantSpec
 
 logger = logging.getLogger(__name__)
 
-#: Types with a fused kernel (TQ1_0/TQ2_0 stay on the torch path).
+#: Types with a fused kernel: loader.KERNELS, derived from hqq2gguf.qtypes (loader.kernel_of says which and why).
 CUDA_TYPES: tuple[gguf.GGMLQuantizationType, ...] = tuple(loader.KERNELS)
 
 THREADS_PER_CTA = 128
@@ -138,7 +138,8 @@ def prepare(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, importance: torch
     """The host half before the loop: exactly the torch path's steps (solver.solve) up to the chunked loop."""
     spec = solver_spec(qtype)
     if spec.qtype not in loader.KERNELS:
-        raise UnsupportedError(f"no CUDA kernel for {spec.name}: use --device cpu "
+        why = loader.WITHOUT_KERNEL.get(spec.qtype, "not a quantized type")
+        raise UnsupportedError(f"no CUDA kernel for {spec.name} ({why}): use --device cpu "
                                f"(kernels exist for {', '.join(t.name for t in CUDA_TYPES)})")
     x32 = checked_rows(x, spec)
     rows, ne0 = x32.shape
