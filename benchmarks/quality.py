@@ -89,20 +89,17 @@ def llama_cpp_quantize_imatrix(src: Path, dst: Path, recipe: str, n_threads: int
     return time.perf_counter() - t0
 
 
-def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_weights: str = "auto",
-                      importance: str = "none", imatrix: Path | None = None) -> float:
-    """Quantize ``src`` to ``dst`` with hqq2gguf --type RECIPE; returns wall seconds."""
+def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_weights: str | None = None,
+                      importance: str = "none", imatrix: Path | None = None, calibration: str = "none") -> float:
+    """Quantize ``src`` to ``dst`` with hqq2gguf --type RECIPE (the command line's defaults for the options not
+    given, e.g. importance weights with an imatrix or calibration text); returns wall seconds."""
     from hqq2gguf.convert import convert
-    from hqq2gguf.options import ImportanceSource
-    from hqq2gguf.optimize import SolverConfig, WeightMode
     from hqq2gguf.options import ConvertOptions
-    from hqq2gguf.recipes import Recipe
 
     del n_threads  # the solver uses one worker thread per CPU
     t0 = time.perf_counter()
-    convert(src, ConvertOptions(recipe=Recipe.parse(recipe), output=dst, force=True,
-                                solver=SolverConfig(weights=WeightMode(solver_weights)),
-                                importance=ImportanceSource(importance), imatrix=imatrix))
+    convert(src, ConvertOptions.from_args(recipe=recipe, output=dst, force=True, solver_weights=solver_weights,
+                                          importance=importance, imatrix=imatrix, calibration=calibration))
     return time.perf_counter() - t0
 
 
@@ -268,8 +265,10 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 @click.option("--quantizers", default="llama.cpp,hqq2gguf", show_default=True,
               help="comma-separated: llama.cpp, hqq2gguf (same reference, recipe, chunks)")
 @click.option("--solver-weights", type=click.Choice(["auto", "none", "abs", "square", "llama", "importance"]),
-              default="auto",
-              show_default=True, help="hqq2gguf's objective weights (recorded in the results)")
+              default=None, help="hqq2gguf's objective weights (recorded in the results; default: the command "
+                                 "line's, importance with an imatrix or calibration text, else auto)")
+@click.option("--calibration", default="none", show_default=True,
+              help="hqq2gguf's --calibration (self, none or a text file; recorded in the results)")
 @click.option("--importance", type=click.Choice(["none", "norms", "derived"]), default="none",
               show_default=True,
               help="hqq2gguf's data-free column importance (recorded in the results)")
@@ -284,8 +283,8 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 @click.option("--only-missing", is_flag=True,
               help="with --keep-rows: carry every kept row and run only the (recipe, quantizer) pairs they lack")
 def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, corpus: Path, n_threads: int,
-         dither_seed: int, workdir: Path, out_dir: Path, quantizers: str, solver_weights: str,
-         importance: str, imatrix: Path | None, llama_quantize: Path | None, keep_rows: tuple[Path, ...],
+         dither_seed: int, workdir: Path, out_dir: Path, quantizers: str, solver_weights: str | None,
+         calibration: str, importance: str, imatrix: Path | None, llama_quantize: Path | None, keep_rows: tuple[Path, ...],
          only_missing: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     text = corpus.read_bytes()
@@ -293,6 +292,7 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
     doc = {"name": name, "reference": str(reference), "dither_seed": dither_seed, "corpus": str(corpus),
            "n_ctx": n_ctx, "n_chunks": n_chunks, "n_threads": n_threads, "solver_weights": solver_weights,
            "importance": importance, "imatrix": None if imatrix is None else str(imatrix),
+           "calibration": calibration,
            "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "code": code_version(),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "rows": []}
     _, ref_ppl = reference_cache(reference, text, cache, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads)
@@ -321,12 +321,14 @@ def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, co
     for recipe, quantizer in [(r.strip(), q) for r in recipes.split(",") if r.strip() for q in chosen]:
         if (recipe, quantizer) in done:  # carried over (--only-missing)
             continue
-        tag = f"{quantizer}-{solver_weights}-{importance}" if quantizer == "hqq2gguf" else quantizer
-        tag += "-imatrix" if imatrix is not None else ""
+        tag = f"{quantizer}-{solver_weights}-{importance}-{Path(calibration).name}" if quantizer == "hqq2gguf" \
+            else quantizer
+        tag += f"-imatrix-{imatrix.stem}" if imatrix is not None else ""
         dst = workdir / f"{reference.stem}.{tag}.{recipe}.gguf"
         logger.info("quantizing %s with %s -> %s", recipe, quantizer, dst)
         if quantizer == "hqq2gguf":
-            quant_seconds = hqq2gguf_quantize(reference, dst, recipe, n_threads, solver_weights, importance, imatrix)
+            quant_seconds = hqq2gguf_quantize(reference, dst, recipe, n_threads, solver_weights, importance, imatrix,
+                                              calibration)
         elif imatrix is not None:
             quant_seconds = llama_cpp_quantize_imatrix(reference, dst, recipe, n_threads, imatrix, llama_quantize)
         else:

@@ -1,7 +1,8 @@
 """The pipeline, top to bottom: read -> calibrate -> plan -> encode -> write, one tensor in memory at a time.
 
     source = open_source(input, options)            # read: validated, lazy; names, shapes, hyper-parameters
-    importance = column_importance(source, options)  # calibrate: per-column importance for the solver
+    with runnable_model(source, options) as runnable:   # calibrate: per-column importance for the solver (an
+        importance = column_importance(source, options, runnable)   # imatrix, text llama.cpp reads, a proxy)
     plan = make_plan(source, options)               # plan: every output tensor's type, known up front
     out = GgufFile.start(arch, plan)                # write: tensor infos, then the KV pairs
     out.write(path, each tensor: load -> transform -> encode_tensor -> bytes)
@@ -9,8 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ import numpy as np
 
 from hqq2gguf.calibrate import Importance, column_importance
 from hqq2gguf.encode import encode_tensor
-from hqq2gguf.options import ConvertOptions, Device
+from hqq2gguf.options import ConvertOptions, Device, OutType
 from hqq2gguf.plan import Plan, make_plan
 from hqq2gguf.sources import Source, open_source
 from hqq2gguf.write import GgufFile, check_output_path, output_path, write_provenance
@@ -45,18 +48,36 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
 
         options = dataclasses.replace(options, device=resolve_device(options.device))
     source = open_source(input_path, options)
-    importance = column_importance(source, options)
+    with runnable_model(source, options) as runnable:
+        importance = column_importance(source, options, runnable)
     plan = make_plan(source, options)
 
     out = GgufFile.start(source.arch, plan)
     names = source.write_metadata(out.writer)
-    write_provenance(out.writer, source.kind, options, plan)
+    write_provenance(out.writer, source.kind, options, plan, importance.provenance)
     path = output_path(input_path, options, names)
     check_output_path(path, force=options.force)
     out.write(path, _encoded(source, plan, options, importance), force=options.force)
     seconds = time.perf_counter() - start
     logger.info("wrote %s in %.1f s", path, seconds)
     return ConvertResult(path, len(plan.tensors), path.stat().st_size, seconds)
+
+
+@contextlib.contextmanager
+def runnable_model(source: Source, options: ConvertOptions, *, needed: bool | None = None) -> Iterator[Path | None]:
+    """A GGUF of ``source`` that llama.cpp can run, while the block lasts, when calibration needs one (or
+    ``needed``): a GGUF input as it is; an HF directory converted to a temporary F16 GGUF, deleted after."""
+    if not (options.calibrated if needed is None else needed):
+        yield None
+        return
+    if source.kind == "gguf":
+        yield source.path
+        return
+    with tempfile.TemporaryDirectory(prefix="hqq2gguf-calibration-") as tmp:
+        logger.info("calibration: converting %s to a temporary F16 GGUF for llama.cpp", source.path)
+        plain = ConvertOptions(outtype=OutType.F16, output=Path(tmp) / "model-f16.gguf",
+                               allow_pickle=options.allow_pickle, check_finite=options.check_finite)
+        yield convert(source.path, plain).path
 
 
 def _encoded(source: Source, plan: Plan, options: ConvertOptions,

@@ -53,6 +53,17 @@ class ImportanceSource(str, Enum):
     :func:`hqq2gguf.calibrate.proxy.derived_importance`). Reads attn_v, ffn_gate and ffn_up once more before writing."""
 
 
+class Calibration(str, Enum):
+    """Where column importance comes from when no ``--imatrix`` is given (``--calibration``; a path means the
+    user's own text)."""
+
+    SELF = "self"
+    """The model writes its own text (random vocabulary starts, several temperatures) and llama.cpp reads it
+    back, as llama-imatrix would: the statistics of an imatrix, with no data from the user."""
+    NONE = "none"
+    """No text: uniform importance, or the data-free proxy of ``--importance``."""
+
+
 class OutType(str, Enum):
     """Output encoding of the weight matrices (1-D tensors and norms stay F32, as in llama.cpp)."""
 
@@ -130,10 +141,15 @@ class ConvertOptions:
     device: Device = Device.CPU
     """Where the solver runs: the torch path (CPU), the fused CUDA kernels, or AUTO (CUDA when usable). The
     output bytes are meant to be the same (cuda/README.md says how far that is verified)."""
+    calibration: Calibration | Path = Calibration.NONE
+    """Column importance from text when no imatrix is given: the model's own (SELF), none, or a text file."""
+    save_calibration: Path | None = None
+    """Where to keep the calibration text that was read (for inspection)."""
     group_size: int | None = None
     """HQQ's group size, accepted for compatibility: the recipe's block type fixes it, other values are refused."""
     seed: int | None = None
-    """Accepted for HQQ compatibility: the solver draws no random numbers, every seed gives the same bytes."""
+    """Seeds the self-calibration text (``calibration=SELF``; None: 0). The solver draws no random numbers, so
+    without self-calibration every seed gives the same bytes; with it, the same seed gives the same bytes."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.outtype, OutType):
@@ -153,6 +169,13 @@ class ConvertOptions:
             raise OptionError("--device chooses where the quantization solver runs: it needs --type (or --bits)")
         if self.recipe is None and (self.imatrix is not None or self.importance is not ImportanceSource.NONE):
             raise OptionError("--imatrix and --importance need --type (or --bits)")
+        if not isinstance(self.calibration, (Calibration, Path)):
+            raise OptionError(f"calibration must be one of {[c.value for c in Calibration]} or a Path, "
+                              f"got {self.calibration!r}")
+        if self.importance is not ImportanceSource.NONE and self.calibrated:
+            raise OptionError("--importance is the data-free alternative to calibration: give --calibration none")
+        if self.save_calibration is not None and not self.calibrated:
+            raise OptionError("--save-calibration needs calibration text (--calibration self or FILE, no --imatrix)")
         if self.model_name is not None and not self.model_name.strip():
             raise OptionError("model name must not be empty")
         if self.recipe is None and (self.group_size is not None or self.seed is not None):
@@ -168,7 +191,7 @@ class ConvertOptions:
                   token_embedding_type: str | None = None, tensor_type: Sequence[str] = (), pure: bool = False,
                   leave_output_tensor: bool = False, imatrix: Path | None = None, importance: str = "none",
                   device: str = "cpu", solver_weights: str | None = None, solver_iterations: int | None = None,
-                  **kwargs: Any) -> ConvertOptions:
+                  calibration: str = "none", **kwargs: Any) -> ConvertOptions:
         """Options from the command line's words (``hqq2gguf convert``'s options, one keyword each), with its
         shorthands resolved: ``bits`` for ``recipe``, ``keep_lm_head_fp16`` for ``output_tensor_type="F16"``,
         ``solver_weights`` defaulting to ``importance`` with an imatrix. Every conflict is an OptionError,
@@ -182,8 +205,10 @@ class ConvertOptions:
                 raise OptionError("--keep-lm-head-fp16 and --output-tensor-type are exclusive")
             output_tensor_type = "F16"
         chosen = recipe or (BITS_RECIPES[str(bits)] if bits is not None else None)
-        solver = SolverConfig(weights=_parse(WeightMode, solver_weights or ("importance" if imatrix else "auto"),
-                                             "--solver-weights"))
+        calib = Calibration(calibration) if calibration in Calibration._value2member_map_ else Path(calibration)
+        text = calib is not Calibration.NONE and imatrix is None
+        weights = solver_weights or ("importance" if imatrix or text else "auto")
+        solver = SolverConfig(weights=_parse(WeightMode, weights, "--solver-weights"))
         if solver_iterations is not None:
             solver = dataclasses.replace(solver, iterations=solver_iterations)
         quant = QuantOptions.from_cli(tensor_type=tuple(tensor_type), output_tensor_type=output_tensor_type,
@@ -192,7 +217,12 @@ class ConvertOptions:
         return cls(outtype=_parse(OutType, outtype, "--outtype"), recipe=Recipe.parse(chosen) if chosen else None,
                    quant=quant, solver=solver, imatrix=imatrix,
                    importance=_parse(ImportanceSource, importance, "--importance"),
-                   device=_parse(Device, device, "--device"), **kwargs)
+                   device=_parse(Device, device, "--device"), calibration=calib, **kwargs)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the importance comes from calibration text (quantizing, no imatrix, calibration not NONE)."""
+        return self.recipe is not None and self.imatrix is None and self.calibration is not Calibration.NONE
 
     def weight_type(self, lossless: Sequence[gguf.GGMLQuantizationType]) -> gguf.GGMLQuantizationType:
         """The type a plain conversion gives the weight matrices, given the lossless types of the input's

@@ -31,6 +31,10 @@ CONFLICTS = [
     (["--importance", "norms"], dict(importance="norms"), "--imatrix and --importance need --type"),
     (["--type", "Q9_X"], dict(recipe="Q9_X"), "unknown quantization type 'Q9_X'"),
     (["--model-name", " "], dict(model_name=" "), "model name must not be empty"),
+    (["--type", "Q4_K_M", "--importance", "norms", "--calibration", "self"],
+     dict(recipe="Q4_K_M", importance="norms", calibration="self"), "--importance is the data-free alternative"),
+    (["--type", "Q4_K_M", "--save-calibration", "t.txt"], dict(recipe="Q4_K_M", save_calibration=Path("t.txt")),
+     "--save-calibration needs calibration text"),
 ]
 
 

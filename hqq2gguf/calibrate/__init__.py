@@ -1,22 +1,26 @@
 """Calibrate: per-column importance of every weight matrix, for the solver's objective.
 
-    importance = column_importance(source, options)     # Importance: GGUF name -> float32 (n_expert, ne0)
+    importance = column_importance(source, options, runnable)   # GGUF name -> float32 (n_expert, ne0)
     importance.for_tensor("blk.0.attn_q.weight", shape)
 
-From llama.cpp's imatrix file (``--imatrix``, :mod:`~hqq2gguf.calibrate.imatrix`), from the weights alone
-(``--importance norms|derived``, :mod:`~hqq2gguf.calibrate.proxy`), or none (uniform). Decided before anything
-is written: an imatrix made for another model is refused here.
+From llama.cpp's imatrix file (``--imatrix``, :mod:`~hqq2gguf.calibrate.imatrix`); from text read by the model
+through llama.cpp, its own (``--calibration self``) or the user's (``--calibration FILE``), with llama-imatrix's
+statistics (:mod:`~hqq2gguf.calibrate.activations`); from the weights alone (``--importance norms|derived``,
+:mod:`~hqq2gguf.calibrate.proxy`); or none (uniform). Decided before anything is written: an imatrix made for
+another model is refused here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from hqq2gguf.calibrate.imatrix import Importance, read_imatrix
+from hqq2gguf.calibrate.activations import SelfText, collect_activations
+from hqq2gguf.calibrate.imatrix import Importance, read_imatrix, write_imatrix
 from hqq2gguf.calibrate.proxy import derived_importance, derived_inputs, needed_norms, norm_importance
 from hqq2gguf.errors import InputError
 from hqq2gguf.options import ConvertOptions, ImportanceSource
@@ -24,18 +28,23 @@ from hqq2gguf.sources import Source
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Importance", "ImportanceSource", "column_importance", "derived_importance", "norm_importance",
-           "read_imatrix"]
+__all__ = ["Importance", "ImportanceSource", "SelfText", "calibration_source", "collect_activations",
+           "column_importance", "derived_importance", "norm_importance", "read_imatrix", "write_imatrix"]
 
 
-def column_importance(source: Source, options: ConvertOptions) -> Importance:
-    """Column importance for the solver: the imatrix file, the weights' data-free proxy, or none.
+def column_importance(source: Source, options: ConvertOptions, runnable: Path | None = None) -> Importance:
+    """Column importance for the solver: the imatrix file, calibration text, the weights' proxy, or none.
 
-    Every imatrix entry naming an output tensor must fit it, and an imatrix naming none of them was made for
+    ``runnable``: a GGUF of the source that llama.cpp can run (needed when ``options.calibrated``). Every
+    imatrix entry naming an output tensor must fit it, and an imatrix naming none of them was made for
     another model."""
     if options.recipe is None:
         return Importance()
     outputs = source.outputs
+    if options.calibrated:
+        if runnable is None:
+            raise ValueError("calibration needs a runnable GGUF of the model (internal error)")
+        return _from_text(runnable, options)
     if options.imatrix is not None:
         imp = read_imatrix(options.imatrix)
         shapes = {out.name: out.shape for out in outputs}
@@ -58,6 +67,27 @@ def column_importance(source: Source, options: ConvertOptions) -> Importance:
     if not (isinstance(n_head, int) and isinstance(n_head_kv, int)):  # per-layer head counts: not modelled
         n_head = n_head_kv = 0
     return derived_importance(names, norms, _read(source, derived_inputs(names)), n_head, n_head_kv)
+
+
+def calibration_source(options: ConvertOptions) -> SelfText | Path:
+    """What the model reads: its own text (seeded by ``--seed``) or the user's file."""
+    if isinstance(options.calibration, Path):
+        return options.calibration
+    return SelfText(seed=options.seed if options.seed is not None else 0)
+
+
+def _from_text(runnable: Path, options: ConvertOptions) -> Importance:
+    source = calibration_source(options)
+    stats, text = collect_activations(runnable, source)
+    if options.save_calibration is not None:
+        options.save_calibration.write_text(text.text, encoding="utf-8")
+        logger.info("calibration text saved to %s", options.save_calibration)
+    kind = "self" if isinstance(source, SelfText) else "file"
+    record: dict[str, object] = {"kind": kind, "chunks": text.n_chunks, "chunk_size": text.chunk,
+                                 "tokens": text.n_chunks * text.chunk, "text_sha256": text.sha256}
+    if isinstance(source, SelfText):
+        record |= source.provenance()
+    return Importance(stats.means(), f"{kind} calibration", record)
 
 
 def _read(source: Source, wanted: set[str]) -> Iterator[tuple[str, np.ndarray]]:

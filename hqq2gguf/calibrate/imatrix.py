@@ -31,6 +31,8 @@ class Importance:
 
     entries: Mapping[str, np.ndarray] = field(default_factory=dict)
     origin: str = "none"  # for messages: the imatrix file, or "norms"
+    provenance: Mapping[str, object] | None = None
+    """What the output file records about where the importance came from (None: nothing to record)."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -131,3 +133,31 @@ def _read_legacy_imatrix(path: Path) -> dict[str, np.ndarray]:
 
 
 # The norm whose output feeds each matrix (GGUF names; {bid} = block index).
+
+
+def write_imatrix(path: Path, sums: Mapping[str, np.ndarray], counts: Mapping[str, np.ndarray], *,
+                  datasets: list[str], chunk_count: int, chunk_size: int) -> None:
+    """llama.cpp's GGUF imatrix (what ``llama-imatrix -o FILE.gguf`` writes): per weight ``<name>.in_sum2``
+    (n_mat, ne0) and ``<name>.counts`` (n_mat, 1), F32, sorted by name; ``general.type`` "imatrix",
+    ``imatrix.datasets``, ``imatrix.chunk_count``, ``imatrix.chunk_size``. llama-imatrix writes no
+    ``general.architecture``, and neither does this."""
+    writer = gguf.GGUFWriter(path=None, arch="")
+    writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)
+    writer.add_string(gguf.Keys.General.TYPE, "imatrix")
+    writer.add_array(_DATASETS, datasets)
+    writer.add_uint32(_CHUNK_COUNT, chunk_count)
+    writer.add_uint32(_CHUNK_SIZE, chunk_size)
+    for name in sorted(sums):
+        c = np.asarray(counts[name], dtype=np.float32).reshape(-1, 1)
+        s = np.asarray(sums[name], dtype=np.float32).reshape(c.shape[0], -1)
+        if c.shape[0] == 1:  # ggml drops trailing dimensions of 1: a dense matrix's entry is 1-D there
+            s, c = s.reshape(-1), c.reshape(-1)
+        writer.add_tensor(f"{name}.in_sum2", s)
+        writer.add_tensor(f"{name}.counts", c)
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+_DATASETS, _CHUNK_COUNT, _CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"

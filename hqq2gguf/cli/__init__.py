@@ -1,6 +1,7 @@
 """The ``hqq2gguf`` command: a thin layer over the library that turns its errors into one-line messages.
 
     convert                        cli/convert_cmd.py  -> hqq2gguf.convert (the pipeline)
+    imatrix                        cli/imatrix_cmd.py  -> hqq2gguf.imatrix (llama.cpp's importance matrix)
     inspect, diff                  cli/files_cmd.py    -> hqq2gguf.describe, hqq2gguf.gguf_diff
     run, chat, validate, ollama    cli/runtime_cmd.py  -> hqq2gguf.runtime (llama-cpp-python)
 
@@ -16,6 +17,7 @@ from hqq2gguf import __version__
 from hqq2gguf.cli.convert_cmd import convert
 from hqq2gguf.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, clean_errors, setup_logging
 from hqq2gguf.cli.files_cmd import diff, inspect
+from hqq2gguf.cli.imatrix_cmd import imatrix
 from hqq2gguf.cli.runtime_cmd import chat, ollama, run, validate
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "clean_errors", "main"]
@@ -31,5 +33,5 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
     setup_logging(verbose, quiet)
 
 
-for _command in (convert, inspect, diff, run, chat, validate, ollama):
+for _command in (convert, imatrix, inspect, diff, run, chat, validate, ollama):
     main.add_command(_command)

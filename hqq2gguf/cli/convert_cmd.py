@@ -44,11 +44,16 @@ from hqq2gguf.options import BITS_RECIPES
               show_default=True,
               help="Data-free column importance when no --imatrix is given (norms: squared weights of the norm "
                    "feeding each matrix; derived: also estimates for attn_output and ffn_down from the weights).")
+@click.option("--calibration", default="none", show_default=True, metavar="self|none|FILE",
+              help="Column importance from text when no --imatrix is given: self (the model writes its own text, "
+                   "llama.cpp reads it back as llama-imatrix would), none, or a UTF-8 text file of your own.")
+@click.option("--save-calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Keep the calibration text that was read in this file.")
 @click.option("--group-size", type=int, default=None,
               help="HQQ group size: the GGUF block type fixes it (e.g. 32 for Q4_K_M); other values are refused.")
 @click.option("--seed", type=int, default=None,
-              help="Accepted for HQQ compatibility: the solver draws no random numbers, the output is the same "
-                   "for every seed.")
+              help="Seed of the self-calibration text (--calibration self; default 0): the same seed gives the "
+                   "same bytes. Without self-calibration the solver draws no random numbers and it changes nothing.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="Where the solver runs: the torch path, the fused CUDA kernels (compiled at run time; needs "
                    "pip install 'hqq2gguf[cuda]'), or auto (CUDA when usable). cpu stays the default until the "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import gguf
@@ -15,7 +16,10 @@ from hqq2gguf.options import ConvertOptions
 from hqq2gguf.plan import Plan
 
 
-def write_provenance(writer: gguf.GGUFWriter, source_kind: str, options: ConvertOptions, plan: Plan) -> None:
+def write_provenance(writer: gguf.GGUFWriter, source_kind: str, options: ConvertOptions, plan: Plan,
+                     calibration: Mapping[str, object] | None = None) -> None:
+    """``calibration``: what the calibration stage records (kind, token count, seed, sampling settings, the
+    text's SHA-256; never a path)."""
     types = plan.types()
     writer.add_string(PROVENANCE_PREFIX + "version", __version__)
     writer.add_string(PROVENANCE_PREFIX + "source_format", source_kind)
@@ -29,6 +33,8 @@ def write_provenance(writer: gguf.GGUFWriter, source_kind: str, options: Convert
                      "output_tensor_type": q.output_tensor_type.name if q.output_tensor_type else None,
                      "token_embedding_type": q.token_embedding_type.name if q.token_embedding_type else None,
                      "tensor_types": [f"{p}={t.name}" for p, t in q.tensor_types]}
+        if calibration is not None:
+            recorded["calibration"] = dict(calibration)
     writer.add_string(PROVENANCE_PREFIX + "options", json.dumps(recorded, sort_keys=True, default=str))
     writer.add_array(PROVENANCE_PREFIX + "tensor_types", types)
     if any(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t]][0] > 1 for t in types):

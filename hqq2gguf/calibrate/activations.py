@@ -1,0 +1,144 @@
+"""Column importance from text: the model's own (self-calibration) or the user's, through llama.cpp.
+
+    stats, text = collect_activations(gguf_path, SelfText(seed=0))       # the model writes, then reads
+    stats, text = collect_activations(gguf_path, Path("calib.txt"))       # the user's text
+
+Reading is llama-imatrix's: the text is tokenized (BOS added where the vocabulary adds it), cut into chunks
+of ``chunk`` tokens (the last partial chunk dropped), each chunk's first token replaced by BOS, every chunk
+evaluated from an empty cache with all logits; the statistics are :class:`~.collect.ImatrixStats`.
+
+Writing (self-calibration): sequences start from a random ordinary vocabulary token after BOS (LLM-QAT),
+continue greedily for ``greedy_first`` tokens and are then sampled, each sequence at one of
+``temperatures`` in turn, ``batch`` sequences side by side. Deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hqq2gguf.calibrate.collect import ImatrixCollector, ImatrixStats
+from hqq2gguf.calibrate.llama_run import LlamaRunner
+from hqq2gguf.errors import InputError
+from hqq2gguf.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SelfText:
+    """How the model writes its own calibration text (the defaults are what the KLD tables chose)."""
+
+    n_sequences: int = 32
+    n_tokens: int = 256
+    temperatures: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2)
+    greedy_first: int = 3
+    seed: int = 0
+    batch: int = 16
+
+    def __post_init__(self) -> None:
+        if self.n_sequences < 1 or self.n_tokens < 1 or self.batch < 1 or not self.temperatures:
+            raise ValueError(f"degenerate self-calibration settings: {self}")
+
+    def provenance(self) -> dict[str, object]:
+        return {"sequences": self.n_sequences, "tokens_per_sequence": self.n_tokens,
+                "temperatures": list(self.temperatures), "greedy_first": self.greedy_first, "seed": self.seed,
+                "starts": "random vocabulary token"}
+
+
+@dataclass(frozen=True)
+class CalibrationText:
+    """The text importance was measured on, and how much of it was read."""
+
+    text: str
+    n_chunks: int
+    chunk: int
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def collect_activations(model: Path, source: SelfText | Path, *, chunk: int = 512, threads: int | None = None,
+                        process_output: bool = False) -> tuple[ImatrixStats, CalibrationText]:
+    """llama-imatrix's statistics of ``model`` (a GGUF llama.cpp can run) over ``source``'s text."""
+    collector = ImatrixCollector(process_output=process_output)
+    n_seq = source.batch if isinstance(source, SelfText) else 1
+    with LlamaRunner(model, n_ctx=max(chunk, _longest(source)), n_seq=n_seq, n_batch=max(chunk, 512),
+                     threads=threads, eval_callback=collector.callback) as llm:
+        collector.active = False
+        t0 = time.perf_counter()
+        text = generate_text(llm, source) if isinstance(source, SelfText) else read_text(source)
+        chunks = chunk_tokens(llm, text, chunk, where=source if isinstance(source, Path) else None)
+        t1 = time.perf_counter()
+        collector.active = True
+        with Progress(len(chunks), "calibration: reading") as progress:
+            for tokens in chunks:
+                llm.evaluate(tokens)
+                if collector.error is not None:
+                    raise InputError(f"cannot collect activations: {collector.error}", file=model)
+                progress.update(1)
+    stats = collector.stats
+    stats.chunks, stats.chunk_size = len(chunks), chunk
+    logger.info("calibration: %d chunks of %d tokens, %d matrices (text %.1f s, reading %.1f s)", len(chunks), chunk,
+                len(stats.sums), t1 - t0, time.perf_counter() - t1)
+    return stats, CalibrationText(text, len(chunks), chunk)
+
+
+def _longest(source: SelfText | Path) -> int:
+    return source.n_tokens + 8 if isinstance(source, SelfText) else 0
+
+
+def generate_text(llm: LlamaRunner, cfg: SelfText) -> str:
+    """The model's own text: ``cfg.n_sequences`` sequences, separated by blank lines."""
+    rng = np.random.default_rng(cfg.seed)
+    starts = rng.choice(llm.plain_tokens(), size=cfg.n_sequences)
+    texts = []
+    with Progress(cfg.n_sequences * cfg.n_tokens, "calibration: writing") as progress:
+        for first in range(0, cfg.n_sequences, cfg.batch):
+            group = range(first, min(first + cfg.batch, cfg.n_sequences))
+            prompts = [([llm.bos] if llm.add_bos else []) + [int(starts[i])] for i in group]
+            temps = [cfg.temperatures[i % len(cfg.temperatures)] for i in group]
+            seqs = llm.generate(prompts, cfg.n_tokens, temps, rng, greedy_first=cfg.greedy_first,
+                                progress=progress.update)
+            for prompt, seq in zip(prompts, seqs):
+                body = seq[len(prompt) - 1:]  # the start token, then what the model wrote
+                texts.append(b"".join(llm.piece(t) for t in body).decode("utf-8", errors="replace"))
+    return "\n\n".join(t.strip() for t in texts) + "\n"
+
+
+def read_text(path: Path) -> str:
+    """A calibration text file: UTF-8 text, refused with the reason when empty or binary."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read the calibration text: {e.strerror or e}", file=path) from e
+    if b"\x00" in data:
+        raise InputError("the calibration text is binary (it holds NUL bytes)", file=path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"the calibration text is not UTF-8 (byte {e.start})", file=path) from None
+    if not text.strip():
+        raise InputError("the calibration text is empty", file=path)
+    return text
+
+
+def chunk_tokens(llm: LlamaRunner, text: str, chunk: int, *, where: Path | None = None) -> list[list[int]]:
+    """llama-imatrix's chunks: ``chunk`` tokens each, the first one replaced by BOS where the vocabulary adds
+    it; at least one whole chunk is needed."""
+    tokens = llm.tokenize(text, add_special=True)
+    n = len(tokens) // chunk
+    if n == 0:
+        raise InputError(f"the calibration text is {len(tokens)} tokens long, shorter than one chunk of {chunk}",
+                         file=where)
+    chunks = [tokens[i * chunk:(i + 1) * chunk] for i in range(n)]
+    if llm.add_bos:
+        for c in chunks:
+            c[0] = llm.bos
+    return chunks
