@@ -9,7 +9,7 @@ first compile is reported apart); the torch solver (``hqq2gguf.optimize.solve``,
 it moves its rows there) on the first --torch-rows rows, and how many of those blocks the two wrote alike.
 End to end: a Llama-3-8B-shaped checkpoint (bf16 safetensors shards of random weights with per-row and
 per-column scales and outlier columns, built once in --workdir) streamed tensor by tensor into a GGUF: plain
-(every tensor to F16: the read + write cost) and quantized (every 2-D weight through ``solve_cuda`` as
+(every tensor to F16: the read + write cost) and quantized (every 2-D weight through ``encode_cuda`` as
 --model-type). Tensor names stay HF's: the file measures time, it is not meant to be loaded.
 
 Writes benchmarks/results/cuda_throughput.json and .md with the device, driver and peak GPU memory. Needs a
@@ -102,16 +102,17 @@ def build_model(directory: Path, layers: int) -> float:
 
 def bench_type(qtype: Q, rows: int, torch_rows: int) -> dict[str, object]:
     from hqq2gguf.cuda import CudaLauncher, loader
-    from hqq2gguf.cuda.solve_cuda import finish, prepare
+    from hqq2gguf.cuda.host import finish, prepare
     from hqq2gguf.optimize import SolverConfig, solve
+    from hqq2gguf.optimize.solver import solver_spec
 
-    cfg = SolverConfig()
+    cfg = SolverConfig().for_type(qtype.name)
     x = realistic((rows, 4096), torch.Generator(device="cuda").manual_seed(7)).float()
     t0 = time.perf_counter()
     loader.kernel(qtype)  # NVRTC compile of the family (once per process), not part of the rates below
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    prep = prepare(x, qtype, None, cfg, None)
+    prep = prepare(solver_spec(qtype), x.numpy(), None, cfg)  # one part: the whole matrix (host + kernel apart)
     prep_s = time.perf_counter() - t0
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -153,18 +154,19 @@ class PlainF16:
 
 
 class CudaQuant:
-    """Every matrix through solve_cuda as ``qtype``, norms to F32."""
+    """Every matrix through encode_cuda (the pipeline's CUDA entry point, row part by row part) as ``qtype``,
+    norms to F32."""
 
     def __init__(self, qtype: Q) -> None:
-        self.qtype, self.label = qtype, f"solve_cuda {qtype.name}"
+        self.qtype, self.label = qtype, f"encode_cuda {qtype.name}"
 
     def qtype_of(self, shape: tuple[int, ...]) -> Q:
         return Q.F32 if len(shape) == 1 else self.qtype
 
     def encode(self, tensor: torch.Tensor) -> np.ndarray:
-        from hqq2gguf.cuda import solve_cuda
+        from hqq2gguf.cuda import encode_cuda
 
-        return tensor.float().numpy() if tensor.dim() == 1 else solve_cuda(tensor.float(), self.qtype)
+        return tensor.float().numpy() if tensor.dim() == 1 else encode_cuda(tensor.float(), self.qtype).packed
 
 
 def stream(model_dir: Path, out: Path, encoder: PlainF16 | CudaQuant) -> float:

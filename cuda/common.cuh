@@ -16,10 +16,19 @@
 // the lp shrinkage is active), and a reference run under another CPU capability than HQQ_SUM_LANES says.
 #pragma once
 
+// Threads per CTA of every launch (hqq2gguf/cuda/launch.py THREADS_PER_CTA, checked equal by the tests), and
+// the CTAs per SM the register allocation must leave room for. 1 keeps ptxas's own allocation (up to 255
+// registers, few spills: cuda/README.md has the numbers); 2 caps it at 168 with hundreds of bytes of spills
+// for the K-quants. Which is faster is for a GPU to time (-DHQQ_MIN_CTAS_PER_SM=2).
+#define HQQ_THREADS_PER_CTA 128
+#ifndef HQQ_MIN_CTAS_PER_SM
+#define HQQ_MIN_CTAS_PER_SM 1
+#endif
+
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define HQQ_DEVICE_BUILD 1
 #define HQQ_FN __device__ __forceinline__
-#define HQQ_ENTRY extern "C" __global__ void
+#define HQQ_ENTRY extern "C" __global__ void __launch_bounds__(HQQ_THREADS_PER_CTA, HQQ_MIN_CTAS_PER_SM)
 #define HQQ_UNROLL _Pragma("unroll")
 // A grid-stride loop: one thread per block (or super-block).
 #define HQQ_FOR_EACH_BLOCK(i, n) \
@@ -27,6 +36,9 @@
 #else
 #include <cmath>
 #include <cstring>
+#if HQQ_EMULATE_FTZ
+#include <xmmintrin.h>
+#endif
 #define HQQ_DEVICE_BUILD 0
 #define HQQ_FN inline
 #define HQQ_ENTRY extern "C" void
@@ -43,13 +55,14 @@ constexpr float FP16_MAX = 65504.0f;
 
 #if HQQ_DEVICE_BUILD
 HQQ_FN float rint_even(float v) { return rintf(v); }  // torch.round: half to even
-HQQ_FN float pow_f(float b, float e) { return powf(b, e); }
+HQQ_FN float pow_f(float b, float e) { return e == -1.0f ? 1.0f / b : powf(b, e); }  // see pow_f below
 HQQ_FN float abs_f(float v) { return fabsf(v); }
 HQQ_FN unsigned int float_bits(float v) { return __float_as_uint(v); }
 HQQ_FN float bits_float(unsigned int u) { return __uint_as_float(u); }
 #else
 HQQ_FN float rint_even(float v) { return std::nearbyint(v); }
-HQQ_FN float pow_f(float b, float e) { return std::pow(b, e); }
+// torch's CPU pow with the scalar exponent -1 (p = 1) is an exact reciprocal (aten pow_tensor_scalar), not pow.
+HQQ_FN float pow_f(float b, float e) { return e == -1.0f ? 1.0f / b : std::pow(b, e); }
 HQQ_FN float abs_f(float v) { return std::fabs(v); }
 HQQ_FN unsigned int float_bits(float v) { unsigned int u; std::memcpy(&u, &v, 4); return u; }
 HQQ_FN float bits_float(unsigned int u) { float v; std::memcpy(&v, &u, 4); return v; }
@@ -311,6 +324,23 @@ HQQ_FN int nth_offset(int k) { return (k & 1) ? -((k + 1) >> 1) : (k >> 1); }
       float p_exp, const float *hq_c, int n_factors, const float *factors, const float *one_minus_factors,   \
       int radius, unsigned char *out, float *out_obj
 
+// Denormals. CuPy compiles every RawModule with -ftz=true (cupy/cuda/compiler.py appends it after the caller's
+// options, and NVRTC honours the last one), so on the GPU float32 denormal inputs and results are flushed to zero.
+// The CPU emulation does the same with SSE's DAZ and FTZ bits (-DHQQ_EMULATE_FTZ=1, hqq2gguf/cuda/emulate.py),
+// set for the duration of an entry point and restored after.
+#if !HQQ_DEVICE_BUILD && HQQ_EMULATE_FTZ
+namespace hqq {
+struct FtzScope {
+  unsigned int saved = _mm_getcsr();
+  FtzScope() { _mm_setcsr(saved | 0x8040u); }  // FTZ (bit 15) | DAZ (bit 6)
+  ~FtzScope() { _mm_setcsr(saved); }
+};
+}  // namespace hqq
+#define HQQ_FTZ_SCOPE const hqq::FtzScope hqq_ftz_scope
+#else
+#define HQQ_FTZ_SCOPE (void)0
+#endif
+
 // extern "C" entry NAME running SOLVE(inputs, config, block index) for every block.
 #define HQQ_DEFINE_ENTRY(NAME, SOLVE)                                                                        \
   HQQ_ENTRY NAME(HQQ_KERNEL_PARAMS) {                                                                        \
@@ -318,5 +348,6 @@ HQQ_FN int nth_offset(int k) { return (k & 1) ? -((k + 1) >> 1) : (k >> 1); }
                          out_obj};                                                                           \
     const hqq::Config cfg{iterations, patience, shrink != 0, p_exp, hq_c, n_factors, factors,                \
                           one_minus_factors, radius};                                                        \
+    HQQ_FTZ_SCOPE;                                                                                           \
     HQQ_FOR_EACH_BLOCK(i, n_blocks) SOLVE(in, cfg, i);                                                       \
   }

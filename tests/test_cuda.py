@@ -37,7 +37,7 @@ SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 CUDA_TYPES = tuple(loader.KERNELS)
 REQUIRE_CUDA = os.environ.get("HQQ2GGUF_REQUIRE_CUDA") == "1"
 NE0 = 512
-solve_cuda_module = importlib.import_module("hqq2gguf.cuda.solve_cuda")  # the package exports the function
+launch_module = importlib.import_module("hqq2gguf.cuda.launch")
 
 
 # ---------------------------------------------------------------- inputs
@@ -388,11 +388,13 @@ def test_gpu_kernel_matches_torch(qtype: Q, kind: str, config: str) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("p", [2.0, 1.0])
 @pytest.mark.parametrize("qtype", CUDA_TYPES, ids=lambda t: t.name)
-def test_gpu_kernel_without_shrinkage_is_byte_identical(qtype: Q) -> None:
-    """p = 2 takes powf out of the loop: nothing is left that may differ from torch."""
+def test_gpu_kernel_without_powf_is_byte_identical(qtype: Q, p: float) -> None:
+    """p = 2 takes powf out of the loop, p = 1 makes it an exact reciprocal: nothing is left that may differ
+    from torch (but denormals, which these rows do not produce)."""
     _gpu_or_skip()
-    cfg = SolverConfig(p=2.0, workers=1)
+    cfg = SolverConfig(p=p, workers=1)
     x = _rows("student_t", seed=11)
     _check_equivalent(qtype, x, None, cfg, solve_cuda(torch.from_numpy(x), qtype, config=cfg), exact=True)
 
@@ -403,7 +405,7 @@ def test_gpu_chunking_does_not_change_the_bytes(qtype: Q, monkeypatch: pytest.Mo
     _gpu_or_skip()
     x = torch.from_numpy(_rows("normal", seed=2))
     whole = solve_cuda(x, qtype)
-    monkeypatch.setattr(solve_cuda_module, "CHUNK_ELEMENTS", 3 * gguf.GGML_QUANT_SIZES[qtype][0])
+    monkeypatch.setattr(launch_module, "CHUNK_ELEMENTS", 3 * gguf.GGML_QUANT_SIZES[qtype][0])
     assert np.array_equal(solve_cuda(x, qtype), whole)
 
 

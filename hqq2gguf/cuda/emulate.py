@@ -7,7 +7,9 @@ tests check the kernels' solver and byte layouts against the torch reference on 
     solve_cuda(x, Q.Q4_K, launcher=HostLauncher())
 
 It validates the source, not the GPU: device-only effects (CUDA's powf, the compiler's choices under
---fmad=false) are covered only by the GPU tests. Needs a C++17 compiler (``$CXX`` or ``c++``).
+--fmad=false) are covered only by the GPU tests. What the GPU build does to denormals is emulated: CuPy compiles
+with -ftz=true, so by default the entry points run with SSE's flush-to-zero and denormals-are-zero bits set
+(x86 only; ``ftz=False`` runs IEEE denormals, as torch does). Needs a C++17 compiler (``$CXX`` or ``c++``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +28,7 @@ import gguf
 import numpy as np
 
 import hqq2gguf.cuda.loader as loader
-from hqq2gguf.cuda.solve_cuda import BlockInputs
+from hqq2gguf.cuda.host import BlockInputs
 from hqq2gguf.errors import UnsupportedError
 
 CXX_FLAGS: tuple[str, ...] = ("-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-x", "c++")
@@ -36,6 +39,9 @@ _POINTER = {np.dtype(np.float32): _F, np.dtype(np.int8): _I8, np.dtype(np.uint8)
 _ARGTYPES = [_F, _F, _F, _I8, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_longlong, _F, _F, _I8, _I8,
              ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float, _F, ctypes.c_int, _F, _F, ctypes.c_int,
              _U8, _F]  # HQQ_KERNEL_PARAMS, in order
+FTZ_DEFINE = "-DHQQ_EMULATE_FTZ=1"
+"""Runs the entry points with SSE's FTZ|DAZ bits set: the GPU's -ftz=true (cuda/common.cuh HQQ_FTZ_SCOPE)."""
+_X86 = ("x86_64", "amd64", "i386", "i686")
 _libs: dict[Path, ctypes.CDLL] = {}
 _lock = threading.Lock()
 
@@ -50,10 +56,14 @@ def compiler() -> str:
     return found
 
 
-def host_library(family: str, build_dir: Path | None = None) -> ctypes.CDLL:
-    """``cuda/<family>.cu`` compiled for the CPU (cached by source hash in ``build_dir``, default a temp dir)."""
+def host_library(family: str, build_dir: Path | None = None, *, ftz: bool = True) -> ctypes.CDLL:
+    """``cuda/<family>.cu`` compiled for the CPU (cached by source hash in ``build_dir``, default a temp dir);
+    ``ftz``: denormals flushed as on the GPU (x86 only)."""
+    if ftz and platform.machine().lower() not in _X86:
+        raise UnsupportedError(f"the GPU's flush-to-zero is emulated with SSE's MXCSR, which {platform.machine()} "
+                               "lacks: use HostLauncher(ftz=False)")
     src = loader.source_dir() / f"{family}.cu"
-    flags = CXX_FLAGS + loader.defines()
+    flags = CXX_FLAGS + loader.defines() + ((FTZ_DEFINE,) if ftz else ())
     key = hashlib.sha256("\0".join((loader.source_text(family), *flags)).encode()).hexdigest()[:16]
     root = build_dir or Path(tempfile.gettempdir()) / "hqq2gguf-cuda-emulation"
     lib = root / f"{family}-{key}.so"
@@ -74,15 +84,17 @@ def host_library(family: str, build_dir: Path | None = None) -> ctypes.CDLL:
 class HostLauncher:
     """Runs a kernel's entry point on the CPU over all blocks (one after the other).
 
-    ``element_major``: pass the element arrays transposed, as the CUDA path does (checks the stride logic)."""
+    ``element_major``: pass the element arrays transposed, as the CUDA path does (checks the stride logic);
+    ``ftz``: flush float32 denormals to zero, as the GPU build does (the default), or keep them (IEEE, as torch)."""
 
-    def __init__(self, build_dir: Path | None = None, *, element_major: bool = False) -> None:
+    def __init__(self, build_dir: Path | None = None, *, element_major: bool = False, ftz: bool = True) -> None:
         self.build_dir = build_dir
         self.element_major = element_major
+        self.ftz = ftz
 
     def run(self, inputs: BlockInputs) -> tuple[np.ndarray, np.ndarray]:
         k = loader.KERNELS[inputs.qtype]
-        fn = getattr(host_library(k.family, self.build_dir), k.entry)
+        fn = getattr(host_library(k.family, self.build_dir, ftz=self.ftz), k.entry)
         fn.argtypes, fn.restype = _ARGTYPES, None
         n, B = inputs.x.shape
         p = inputs.params
