@@ -39,11 +39,12 @@ __all__ = ["BlockInputs", "CHUNK_ELEMENTS", "CUDA_TYPES", "CudaLauncher", "Kerne
 #: Types with a fused kernel: loader.KERNELS, derived from hqq2gguf.qtypes (loader.kernel_of says which and why).
 CUDA_TYPES: tuple[gguf.GGMLQuantizationType, ...] = tuple(loader.KERNELS)
 
-PART_ELEMENTS = 1 << 24
+PART_ELEMENTS = 1 << 23
 """Elements per row part when ``SolverConfig.chunk_blocks`` is 0 (an explicit value is honoured, as on the torch
-path). The CPU's default part (2**18 elements) would give a GPU ~1000 threads a launch; 2**24 gives 65536
-super-blocks (a few waves on an H100) at about 30 host bytes per element (~0.5 GiB; measured:
-benchmarks/results/cuda_host_memory.md)."""
+path). The CPU's default part (2**18 elements) would give a GPU ~1000 threads a launch; 2**23 gives 32768
+super-blocks (about one wave on an H100 at 255 registers a thread) or 262144 32-blocks. Host memory: ~30 bytes
+per element of a part, two parts in flight, so ~0.5 GiB above the tensor itself (measured with the emulated
+kernels: benchmarks/results/cuda_host_memory.md)."""
 
 T = TypeVar("T")
 
