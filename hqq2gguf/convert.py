@@ -25,6 +25,7 @@ from hqq2gguf.calibrate import Importance, column_importance
 from hqq2gguf.encode import encode_tensor
 from hqq2gguf.options import ConvertOptions, Device, OutType
 from hqq2gguf.plan import Plan, make_plan
+from hqq2gguf.read.hub import resolve_model
 from hqq2gguf.sources import Source, open_source
 from hqq2gguf.write import GgufFile, check_output_path, output_path, write_provenance
 
@@ -34,15 +35,22 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ConvertResult:
     path: Path
+    """The output file; of a split output, its first part (what llama.cpp is given)."""
     n_tensors: int
     nbytes: int
     seconds: float
+    parts: tuple[Path, ...] = ()
+    """Every part of a split output, in order (empty for one file)."""
 
 
 def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
-    """Convert an HF directory or a GGUF file into one GGUF file; return where it was written."""
+    """Convert an HF directory (or Hub id) or a GGUF file (or split set) into one GGUF file, or a split set when
+    ``options`` ask for one; return where it was written."""
     start = time.perf_counter()
-    input_path = Path(input_path)
+    resolved = resolve_model(input_path, options.revision)
+    input_path = resolved.path
+    if resolved.hub_id is not None and options.model_name is None:  # named after the id, as llama.cpp's --remote
+        options = dataclasses.replace(options, model_name=resolved.hub_id)
     if options.recipe is not None and options.device is not Device.CPU:  # before any reading: fail early
         from hqq2gguf.cuda import resolve_device
 
@@ -52,15 +60,19 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
         importance = column_importance(source, options, runnable)
     plan = make_plan(source, options)
 
-    out = GgufFile.start(source.arch, plan)
+    out = GgufFile.start(source.arch, plan, split_max_tensors=options.split_max_tensors,
+                         split_max_size=options.split_max_size)
     names = source.write_metadata(out.writer)
     write_provenance(out.writer, source.kind, options, plan, importance.provenance)
     path = output_path(input_path, options, names)
-    check_output_path(path, force=options.force)
+    paths = out.paths(path)
+    for part in paths:
+        check_output_path(part, force=options.force)
     out.write(path, _encoded(source, plan, options, importance), force=options.force)
     seconds = time.perf_counter() - start
-    logger.info("wrote %s in %.1f s", path, seconds)
-    return ConvertResult(path, len(plan.tensors), path.stat().st_size, seconds)
+    logger.info("wrote %s in %.1f s", paths[0] if len(paths) == 1 else f"{len(paths)} parts {paths[0]}...", seconds)
+    return ConvertResult(paths[0], len(plan.tensors), sum(p.stat().st_size for p in paths), seconds,
+                         tuple(paths) if len(paths) > 1 else ())
 
 
 @contextlib.contextmanager

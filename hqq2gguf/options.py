@@ -109,6 +109,17 @@ FILE_TYPES = {
 }
 
 
+def parse_split_size(text: str) -> int:
+    """``--split-max-size`` as llama.cpp's converter reads it: bytes, or a whole number followed by K, M or G
+    (powers of 1000: ``50G`` is 50 * 1000**3 bytes)."""
+    factor = {"K": 1000, "M": 1000**2, "G": 1000**3}.get(text[-1:], 1)
+    digits = text[:-1] if factor > 1 else text
+    if not digits.isdecimal():
+        raise OptionError(f"--split-max-size must be a number of bytes, optionally followed by K, M or G "
+                          f"(e.g. 50G), got {text!r}")
+    return int(digits) * factor
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
     """Everything that decides the output bytes (and where they go)."""
@@ -150,6 +161,13 @@ class ConvertOptions:
     seed: int | None = None
     """Seeds the self-calibration text (``calibration=SELF``; None: 0). The solver draws no random numbers, so
     without self-calibration every seed gives the same bytes; with it, the same seed gives the same bytes."""
+    revision: str | None = None
+    """The revision (branch, tag or commit) of a Hugging Face Hub id input (``--revision``); default ``main``."""
+    split_max_size: int = 0
+    """Split the output into parts of at most this many bytes, as llama.cpp's converter's ``--split-max-size``
+    (given as a string: bytes, or a number followed by K, M or G, powers of 1000); 0: no limit."""
+    split_max_tensors: int = 0
+    """Split the output into parts of at most this many tensors (``--split-max-tensors``); 0: no limit."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.outtype, OutType):
@@ -184,6 +202,19 @@ class ConvertOptions:
             self.recipe.check_group_size(self.group_size)
         if self.recipe is None and dataclasses.replace(self.quant, has_imatrix=False) != QuantOptions():
             raise OptionError("per-tensor type options need --type (or --bits)")
+        self._check_split_and_revision()
+
+    def _check_split_and_revision(self) -> None:
+        if isinstance(self.split_max_size, str):
+            object.__setattr__(self, "split_max_size", parse_split_size(self.split_max_size))
+        for name in ("split_max_size", "split_max_tensors"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise OptionError(f"--{name.replace('_', '-')} must be a whole number >= 0, got {value!r}")
+        if self.split_max_size and self.split_max_tensors:
+            raise OptionError("--split-max-size and --split-max-tensors are exclusive (as in llama.cpp's converter)")
+        if self.revision is not None and not self.revision.strip():
+            raise OptionError("--revision must not be empty")
 
     @classmethod
     def from_args(cls, *, recipe: str | None = None, bits: str | int | None = None, outtype: str = "f16",

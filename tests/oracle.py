@@ -17,6 +17,7 @@ input file and the model directory's name (it becomes ``general.name``): a stale
 from __future__ import annotations
 
 import hashlib
+from importlib import metadata
 import os
 import shutil
 import subprocess
@@ -67,20 +68,22 @@ def oracle_required() -> bool:
     return os.environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def run_oracle(model_dir: Path, outtype: str, outfile: Path, *, timeout: float = TIMEOUT_S) -> Path:
+def run_oracle(model_dir: Path, outtype: str, outfile: Path, *, timeout: float = TIMEOUT_S,
+               extra_args: tuple[str, ...] = ()) -> Path:
     """Convert ``model_dir`` with llama.cpp's converter into ``outfile`` (or copy a cached result);
-    return ``outfile``.
+    return ``outfile``. ``extra_args`` (e.g. ``--split-max-tensors 8``) are passed on, and the run is not cached
+    (a split writes several files).
 
     Raises :class:`OracleError` with the converter's captured output when it fails or times out.
     """
     reason = oracle_missing_reason()
     if reason is not None:
         raise OracleError(reason)
-    cached = _cache_path(model_dir, outtype)
+    cached = _cache_path(model_dir, outtype) if not extra_args else None
     if cached is not None and cached.is_file():
         shutil.copyfile(cached, outfile)
         return outfile
-    _convert(model_dir, outtype, outfile, timeout)
+    _convert(model_dir, outtype, outfile, timeout, extra_args)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
@@ -119,17 +122,18 @@ def _cache_path(model_dir: Path, outtype: str) -> Path | None:
     if root is None:
         return None
     digest = hashlib.sha256(_source_digest().encode())
-    digest.update(f"{outtype}\0{model_dir.name}\0".encode())
+    # The converter reads tokenizers and configs with transformers: another major can give other bytes.
+    digest.update(f"{outtype}\0{model_dir.name}\0{metadata.version('transformers')}\0".encode())
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(model_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     return root / f"{digest.hexdigest()[:32]}-{outtype}.gguf"
 
 
-def _convert(model_dir: Path, outtype: str, outfile: Path, timeout: float) -> None:
+def _convert(model_dir: Path, outtype: str, outfile: Path, timeout: float, extra_args: tuple[str, ...] = ()) -> None:
     src = oracle_src()
     cmd = [
         sys.executable, str(src / SCRIPT), str(model_dir),
-        "--outtype", outtype, "--outfile", str(outfile),
+        "--outtype", outtype, "--outfile", str(outfile), *extra_args,
     ]
     env = dict(os.environ)
     env.pop("NO_LOCAL_GGUF", None)  # it must use its own vendored gguf-py
@@ -143,7 +147,7 @@ def _convert(model_dir: Path, outtype: str, outfile: Path, timeout: float) -> No
             f"reference converter timed out after {timeout:.0f} s: {' '.join(cmd)}\n"
             f"--- stdout ---\n{_text(exc.stdout)}\n--- stderr ---\n{_text(exc.stderr)}"
         ) from exc
-    if proc.returncode != 0 or not outfile.is_file():
+    if proc.returncode != 0 or not (outfile.is_file() or extra_args):
         raise OracleError(
             f"reference converter failed (exit {proc.returncode}): {' '.join(cmd)}\n"
             f"--- stdout ---\n{proc.stdout[-8000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"

@@ -63,12 +63,21 @@ from hqq2gguf.options import BITS_RECIPES
                                  "except |x| for Q3_K, chosen by KLD; with --imatrix: llama.cpp's imatrix weighting).")
 @click.option("--solver-iterations", type=click.IntRange(0, 1000), default=None,
               help="Half-quadratic iterations per block (default: the solver's).")
+@click.option("--revision", default=None, metavar="REV",
+              help="With a Hugging Face Hub id as MODEL: the branch, tag or commit to convert (default: main).")
+@click.option("--split-max-size", default="0", metavar="N[K|M|G]",
+              help="Split the output into parts of at most N bytes (K, M, G: powers of 1000), named "
+                   "<name>-00001-of-0000N.gguf, as llama.cpp's converter does; give llama.cpp the first part.")
+@click.option("--split-max-tensors", type=int, default=0, metavar="N",
+              help="Split the output into parts of at most N tensors (as llama.cpp's converter).")
 @clean_errors
 def convert(model: Path, no_check_finite: bool, **options: object) -> None:
-    """Convert MODEL (a Hugging Face directory or an F32/F16/BF16 GGUF) into one GGUF file."""
+    """Convert MODEL (a Hugging Face directory or Hub id such as Qwen/Qwen2.5-0.5B-Instruct, or an F32/F16/BF16
+    GGUF, the first part of a split one included) into one GGUF file, or a split set."""
     from hqq2gguf.convert import convert as run_convert
     from hqq2gguf.options import ConvertOptions
 
     result = run_convert(model, ConvertOptions.from_args(check_finite=not no_check_finite, **options))
-    click.echo(f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB, {result.n_tensors} tensors, "
+    parts = f", {len(result.parts)} parts" if result.parts else ""
+    click.echo(f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB, {result.n_tensors} tensors{parts}, "
                f"{result.seconds:.1f} s)")

@@ -18,6 +18,7 @@ import torch
 from hqq2gguf import PROVENANCE_PREFIX
 from hqq2gguf.errors import InputError, OptionError
 from hqq2gguf.read.gguf_header import validate_gguf_header
+from hqq2gguf.read.gguf_split import SPLIT_KEYS, check_set, split_parts
 from hqq2gguf.read.hf_dir import SourceTensor
 
 logger = logging.getLogger(__name__)
@@ -37,17 +38,20 @@ class GgufInput:
     arch: str
     tensors: dict[str, SourceTensor]
     source_types: dict[str, gguf.GGMLQuantizationType]
+    parts: tuple[Path, ...] = ()
+    """Every file of a split input, the first (``path``) included; empty for one file."""
 
     def copy_metadata(self, writer: gguf.GGUFWriter, overrides: dict[str, tuple[Any, gguf.GGUFValueType]]) -> None:
         """Copy every KV pair in order, replacing the values of ``overrides`` in place (new keys go last).
 
-        Skipped: the virtual GGUF.* fields, general.architecture (the writer's own first key), and the keys
-        an earlier hqq2gguf run wrote about itself (rewritten for this output).
+        Skipped: the virtual GGUF.* fields, general.architecture (the writer's own first key), the keys
+        an earlier hqq2gguf run wrote about itself (rewritten for this output), and a split input's split.*
+        keys (the output's own split, if any, writes its own).
         """
         pending = dict(overrides)
         for field in self.reader.fields.values():
             name = field.name
-            if name.startswith(("GGUF.", PROVENANCE_PREFIX)) or name in _REWRITTEN_KEYS:
+            if name.startswith(("GGUF.", PROVENANCE_PREFIX)) or name in _REWRITTEN_KEYS or name in SPLIT_KEYS:
                 continue
             if name in pending:
                 value, vtype = pending.pop(name)
@@ -65,20 +69,25 @@ class GgufInput:
 
 
 def open_gguf(path: Path, *, allow_requantize: bool) -> GgufInput:
+    """A GGUF file, or the split set whose first part is ``path`` (every part validated before use)."""
     reader = _read(path)
+    parts = split_parts(path, reader)  # first: a later part of a split has no architecture key
     arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     if arch is None:
         raise InputError("GGUF has no general.architecture key", file=path)
+    readers = [reader, *(_read(part) for part in parts[1:])]
+    check_set(reader, readers, parts)
     tensors: dict[str, SourceTensor] = {}
     types: dict[str, gguf.GGMLQuantizationType] = {}
     quantized = []
-    for t in reader.tensors:
-        qtype = Q(t.tensor_type)
-        if qtype not in FLOAT_TYPES and qtype not in PASS_THROUGH_TYPES:
-            quantized.append(t.name)
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ggml ne0-first -> numpy order
-        types[t.name] = qtype
-        tensors[t.name] = SourceTensor(t.name, shape, _torch_dtype(qtype), path, _loader(path, t, qtype, shape))
+    for part, part_reader in zip(parts, readers):
+        for t in part_reader.tensors:
+            qtype = Q(t.tensor_type)
+            if qtype not in FLOAT_TYPES and qtype not in PASS_THROUGH_TYPES:
+                quantized.append(t.name)
+            shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ggml ne0-first -> numpy order
+            types[t.name] = qtype
+            tensors[t.name] = SourceTensor(t.name, shape, _torch_dtype(qtype), part, _loader(part, t, qtype, shape))
     if quantized and not allow_requantize:
         qnames = sorted({types[n].name for n in quantized})
         raise OptionError(
@@ -89,7 +98,7 @@ def open_gguf(path: Path, *, allow_requantize: bool) -> GgufInput:
     if quantized:
         logger.warning("%s: requantizing %d already-quantized tensors (dequantized first): quality will be "
                        "worse than quantizing the original weights", path, len(quantized))
-    return GgufInput(path, reader, str(arch.contents()), tensors, types)
+    return GgufInput(path, reader, str(arch.contents()), tensors, types, tuple(parts) if len(parts) > 1 else ())
 
 
 def _read(path: Path) -> gguf.GGUFReader:
