@@ -7,6 +7,7 @@ checkpoint and one run through the command line.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import oracle
 import tiny_models
 from hqq2gguf.gguf_diff import compare_gguf, format_diffs
 from hqq2gguf.convert import convert
+from hqq2gguf.errors import UnsupportedError
 from hqq2gguf.options import ConvertOptions, OutType
 
 pytestmark = pytest.mark.oracle
@@ -42,7 +44,18 @@ def test_matches_llama_cpp(
     oracle_gguf: Callable[[str, str], Path],
     tmp_path: Path,
 ) -> None:
-    expected = oracle_gguf(name, outtype)
+    try:
+        expected = oracle_gguf(name, outtype)
+    except oracle.OracleError as e:
+        refused = re.search(r"chkhsh:\s+([0-9a-f]{64})", str(e))
+        if refused is None:
+            raise
+        # transformers 5 builds Qwen2's tokenizer from the vocabulary with Qwen's own pre-tokenizer, whatever
+        # tokenizer.json says: the tiny model's SmolLM2 tokenizer then hashes to no known pre-tokenizer, and
+        # llama.cpp's converter refuses it. The same result here is the same refusal, naming the same hash.
+        with pytest.raises(UnsupportedError, match=f"pre-tokenizer was not recognized.*{refused[1]}"):
+            _ours(tiny_model_dir(name), outtype, tmp_path / "ours.gguf")
+        return
     actual = _ours(tiny_model_dir(name), outtype, tmp_path / "ours.gguf")
     _assert_same(actual, expected)
 

@@ -29,6 +29,7 @@ HUB_FILES = (
     "README.md",
 )
 # owner/name as the Hub spells ids: one slash, no "..", names of letters, digits and "-_.".
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
@@ -37,6 +38,15 @@ class ResolvedModel:
     path: Path
     hub_id: str | None = None
     """The Hub id the path was downloaded for (llama.cpp's converter names the model after it)."""
+
+
+def snapshot_repo_id(path: Path) -> str | None:
+    """The Hub id of a snapshot directory of the standard cache (``models--org--name/snapshots/<commit>``), else
+    None: such a directory is named by its commit, so names must come from the repository instead."""
+    if path.parent.name != "snapshots" or not _COMMIT.match(path.name):
+        return None
+    storage = path.parent.parent.name
+    return storage.removeprefix("models--").replace("--", "/", 1) if storage.startswith("models--") else None
 
 
 def is_hub_id(text: str) -> bool:

@@ -20,6 +20,7 @@ from hqq2gguf.errors import Hqq2GgufError, InputError
 from hqq2gguf.models import Architecture, architecture_for
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.read.hf_dir import HfModel
+from hqq2gguf.read.hub import snapshot_repo_id
 from hqq2gguf.sources.base import NameParts, Source, SourceStep, TensorOut, meta_like, working_dtype
 from hqq2gguf.vocab.common import check_tokenizer_present
 
@@ -60,6 +61,8 @@ class HfSource(Source):
         writer.add_type(gguf.GGUFType.MODEL)
         total, shared, expert, n_expert = writer.get_total_parameter_count()
         meta = gguf.Metadata.load(None, self.path, self.model_name, total)
+        if (repo_id := snapshot_repo_id(self.path)) is not None:  # a Hub snapshot: its directory is a commit
+            _name_parts_from(meta, repo_id, self.path, total)
         if meta.name is None:
             meta.name = self.path.name
         if meta.size_label is None and total > 0:
@@ -71,6 +74,18 @@ class HfSource(Source):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         arch.set_vocab(writer)
         return NameParts(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label)
+
+
+def _name_parts_from(meta: gguf.Metadata, repo_id: str, path: Path, total: int) -> None:
+    """The name parts gguf's heuristics find in a directory named after ``repo_id``'s name, rather than in the
+    commit hash a Hub snapshot directory is named by (the same output as a download into ``<name>/``)."""
+    named = gguf.Metadata.apply_metadata_heuristic(gguf.Metadata(), gguf.Metadata.load_model_card(path),
+                                                   gguf.Metadata.load_hf_parameters(path),
+                                                   Path(repo_id.rpartition("/")[2]), total)
+    for part in ("organization", "basename", "finetune", "version", "size_label"):
+        setattr(meta, part, getattr(named, part))
+    if meta.name == path.name:
+        meta.name = named.name
 
 
 def _hparams_values(arch: Architecture) -> dict[str, gguf.GGUFValue]:

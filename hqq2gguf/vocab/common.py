@@ -79,11 +79,25 @@ def load_auto_tokenizer(dir_model: Path) -> Any:
     for name in ("tokenizer.json", "tokenizer_config.json"):  # name the broken file, not AutoTokenizer
         read_json(dir_model / name)
     try:
+        if _saved_by_transformers5_for_4(dir_model):
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(dir_model, local_files_only=True)
         return AutoTokenizer.from_pretrained(dir_model, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot load the tokenizer with transformers.AutoTokenizer: {first_line}",
                          file=dir_model) from exc
+
+
+def _saved_by_transformers5_for_4(dir_model: Path) -> bool:
+    """A tokenizer saved by transformers 5 (class ``TokenizersBackend``: tokenizer.json alone) read by transformers 4,
+    which lacks that class: 4's PreTrainedTokenizerFast over the same tokenizer.json is the same tokenizer."""
+    import transformers
+
+    config = read_json(dir_model / "tokenizer_config.json")
+    return (isinstance(config, dict) and config.get("tokenizer_class") == "TokenizersBackend"
+            and not hasattr(transformers, "TokenizersBackend") and (dir_model / "tokenizer.json").is_file())
 
 
 def check_vocab_ids(max_id: int, vocab_size: int, file: Path) -> None:
