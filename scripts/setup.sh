@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLAMA_CPP_PYTHON_VERSION=0.3.36
+# The suite's transformers (README, "transformers versions"); scripts/setup_transformers5.sh adds the other major.
+TRANSFORMERS_VERSION=4.57.6
 
 python3 -m venv .venv
 . .venv/bin/activate
@@ -16,7 +18,8 @@ python -m pip install -q torch==2.13.0
 # CFLAGS/CXXFLAGS as its initial flags, and an explicit -mno-amx-* wins over ggml's -march=native.
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 pip_no_amx() { CFLAGS="${CFLAGS:-} ${NO_AMX}" CXXFLAGS="${CXXFLAGS:-} ${NO_AMX}" python -m pip install -q "$@"; }
-pip_no_amx -e ".[test]" "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
+pip_no_amx -e ".[test,serve]" "llama-cpp-python[server]==${LLAMA_CPP_PYTHON_VERSION}" \
+  "transformers==${TRANSFORMERS_VERSION}"
 if ! python -c "import llama_cpp, sys; sys.exit('AMX_INT8 = 1' in llama_cpp.llama_print_system_info().decode())"
 then  # pip's cache held a wheel built with AMX: build this one afresh
   echo "llama-cpp-python in pip's cache was built with AMX: rebuilding it without (~6 min)"

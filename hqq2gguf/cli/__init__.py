@@ -4,6 +4,7 @@
     imatrix                        cli/imatrix_cmd.py  -> hqq2gguf.imatrix (llama.cpp's importance matrix)
     inspect, diff                  cli/files_cmd.py    -> hqq2gguf.describe, hqq2gguf.gguf_diff
     run, chat, validate, ollama    cli/runtime_cmd.py  -> hqq2gguf.runtime (llama-cpp-python)
+    serve                          cli/serve_cmd.py    -> hqq2gguf.runtime.serve (llama-cpp-python's server)
 
 Every command is wrapped by :func:`~hqq2gguf.cli.errors.clean_errors`; each imports its library module when
 it runs, so ``hqq2gguf --help`` starts fast.
@@ -19,6 +20,7 @@ from hqq2gguf.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, clean_errors, setu
 from hqq2gguf.cli.files_cmd import diff, inspect
 from hqq2gguf.cli.imatrix_cmd import imatrix
 from hqq2gguf.cli.runtime_cmd import chat, ollama, run, validate
+from hqq2gguf.cli.serve_cmd import serve
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "clean_errors", "main"]
 
@@ -33,5 +35,5 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
     setup_logging(verbose, quiet)
 
 
-for _command in (convert, imatrix, inspect, diff, run, chat, validate, ollama):
+for _command in (convert, imatrix, inspect, diff, run, chat, validate, ollama, serve):
     main.add_command(_command)
