@@ -40,6 +40,9 @@ _DTYPES: dict[str, tuple[int, torch.dtype, np.dtype]] = {
     "U8": (1, torch.uint8, np.dtype("u1")),
     "BOOL": (1, torch.bool, np.dtype("?")),
 }
+#: The dtypes a weight may have: an integer or boolean tensor that becomes a GGUF tensor is refused (see
+#: :func:`check_weight_dtype`); the converter drops the integer buffers it knows (filter_tensor), as llama.cpp does.
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 # Known to the format but not convertible here (quantized or exotic storage).
 _KNOWN_UNSUPPORTED = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "U16", "U32", "U64", "C64"}
 
@@ -81,6 +84,18 @@ class SafetensorsTensor:
         if self.dtype == "BF16":
             tensor = tensor.view(torch.bfloat16)
         return tensor.reshape(self.shape) if self.shape else tensor.reshape(())
+
+
+def check_weight_dtype(dtype: torch.dtype, *, file: Path, tensor: str) -> None:
+    """Refuse a tensor to be converted whose dtype is not a float one, naming it: widening integer codes to floats
+    (what llama.cpp's converter does without a quantization_config) makes a model that loads and talks nonsense."""
+    if dtype.is_floating_point:
+        return
+    name = next((n for n, (_, t, _) in _DTYPES.items() if t == dtype), str(dtype).removeprefix("torch."))
+    raise UnsupportedError(
+        f"dtype {name!r} cannot be converted (supported: {', '.join(FLOAT_DTYPES)}): an integer or boolean weight "
+        "is quantized storage (GPTQ/AWQ/bitsandbytes codes) or a buffer llama.cpp has no tensor for; dequantize "
+        "the checkpoint to BF16/F16 first", file=file, tensor=tensor)
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, SafetensorsTensor], dict[str, str]]:

@@ -21,6 +21,7 @@ from hqq2gguf.models import Architecture, architecture_for
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.read.hf_dir import HfModel
 from hqq2gguf.read.hub import snapshot_repo_id
+from hqq2gguf.read.safetensors import check_weight_dtype
 from hqq2gguf.sources.base import NameParts, Source, SourceStep, TensorOut, meta_like, working_dtype
 from hqq2gguf.vocab.common import check_tokenizer_present
 
@@ -46,8 +47,9 @@ class HfSource(Source):
         check_tokenizer_present(model.path)
         steps = [_step(arch, name, load, check_finite, generated=True) for name, load in arch.extra_tensors()]
         for hf_name, tensor in model.tensors.items():
-            name = arch.filter_tensor(hf_name)
+            name = arch.filter_tensor(hf_name)  # drops the integer buffers llama.cpp's converter skips
             if name is not None:
+                check_weight_dtype(tensor.dtype, file=tensor.file, tensor=hf_name)
                 steps.append(_step(arch, name, tensor.load, check_finite, dtype=tensor.dtype, shape=tensor.shape,
                                    file=tensor.file))
         kv = _hparams_values(arch)
