@@ -70,6 +70,16 @@ def test_parts_equal_llama_cpp_converter_parts(model: Path, split_set: ConvertRe
         assert not diffs, format_diffs(diffs, ours, expected)
 
 
+def test_size_limit_splits_by_bytes(model: Path, whole: Path, tmp_path: Path) -> None:
+    limit = 40_000  # "40K": llama.cpp's K is 1000
+    code, output = run_cli("convert", str(model), "-o", str(tmp_path / "m.gguf"), "--split-max-size", "40K")
+    assert code == 0 and "parts" in output, output
+    parts = sorted(tmp_path.glob("m-*-of-*.gguf"))
+    sizes = [[int(t.n_bytes) for t in gguf.GGUFReader(p).tensors] for p in parts]
+    assert len(parts) >= 2 and all(sum(s) <= limit or len(s) == 1 for s in sizes), sizes
+    assert sum(len(s) for s in sizes) == len(gguf.GGUFReader(whole).tensors)
+
+
 def _logits(path: Path, tokens: list[int]) -> np.ndarray:
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
                           n_gpu_layers=0)
