@@ -80,9 +80,8 @@ def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType,
 def _solve_rows(rows: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
                 importance: torch.Tensor | None, device: Device) -> Encoded:
     if device is Device.CUDA:
-        from hqq2gguf.cuda import CUDA_TYPES, solve_cuda_solution  # CuPy and the kernels: only when asked for
+        from hqq2gguf.cuda import CUDA_TYPES, encode_cuda  # CuPy and the kernels: only when asked for
 
-        if qtype in CUDA_TYPES:
-            return Encoded.of(solve_cuda_solution(torch.from_numpy(rows), qtype, importance=importance,
-                                                  config=config), rows)
+        if qtype in CUDA_TYPES:  # bounded per row part, like the torch path
+            return encode_cuda(torch.from_numpy(rows), qtype, importance=importance, config=config)
     return solver_encode(torch.from_numpy(rows), qtype, importance=importance, config=config)

@@ -114,8 +114,6 @@ def test_emulated_cuda_conversion_with_rejected_blocks(recipe: str, tiny_model_d
     assert 0 < differing <= sum(rejected)
 
 
-@pytest.mark.xfail(strict=True, reason="hqq2gguf/encode.py still calls solve_cuda_solution; wiring its dispatcher to "
-                   "encode_cuda belongs to the pipeline refactor (issue 13): remove this mark then")
 def test_pipeline_calls_encode_cuda(tiny_model_dir, emulated_cuda, tmp_path: Path) -> None:
     """The pipeline's encode dispatcher sends every block type with a kernel to hqq2gguf.cuda.encode_cuda."""
     got = convert(tiny_model_dir(SPEC), ConvertOptions(recipe=Recipe.Q4_K_M, device=Device.CUDA,

@@ -97,7 +97,11 @@ def _longest(source: SelfText | Path) -> int:
 def generate_text(llm: LlamaRunner, cfg: SelfText) -> str:
     """The model's own text: ``cfg.n_sequences`` sequences, separated by blank lines."""
     rng = np.random.default_rng(cfg.seed)
-    starts = rng.choice(llm.plain_tokens(), size=cfg.n_sequences)
+    plain = llm.plain_tokens()
+    if plain.size == 0:
+        raise InputError("the vocabulary has no ordinary text token to start self-written text from: give "
+                         "--calibration FILE (your own text) or --calibration none", file=llm.path)
+    starts = rng.choice(plain, size=cfg.n_sequences)
     texts = []
     with Progress(cfg.n_sequences * cfg.n_tokens, "calibration: writing") as progress:
         for first in range(0, cfg.n_sequences, cfg.batch):
