@@ -90,3 +90,16 @@ def oracle_gguf(
         return made[(name, outtype)]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def host_launcher(tmp_path_factory: pytest.TempPathFactory):
+    """The CUDA kernels compiled for the CPU (hqq2gguf.cuda.emulate): the GPU's stand-in in every CUDA test."""
+    from hqq2gguf.cuda.emulate import HostLauncher, compiler
+    from hqq2gguf.errors import UnsupportedError
+
+    try:
+        compiler()
+    except UnsupportedError as exc:
+        pytest.skip(f"CPU emulation of the kernels NOT run: {exc}")
+    return HostLauncher(tmp_path_factory.mktemp("cuda_emulation"))

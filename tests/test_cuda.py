@@ -197,17 +197,6 @@ def test_detected_sum_order_reproduces_torch() -> None:
 
 # ---------------------------------------------------------------- (b) the kernel source on the CPU
 
-@pytest.fixture(scope="module")
-def host_launcher(tmp_path_factory: pytest.TempPathFactory):
-    from hqq2gguf.cuda.emulate import HostLauncher, compiler
-
-    try:
-        compiler()
-    except UnsupportedError as exc:
-        pytest.skip(f"CPU emulation of the kernels NOT run: {exc}")
-    return HostLauncher(tmp_path_factory.mktemp("cuda_emulation"))
-
-
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("kind", ["normal", "student_t", "hostile"])
 @pytest.mark.parametrize("qtype", CUDA_TYPES, ids=lambda t: t.name)

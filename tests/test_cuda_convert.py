@@ -18,7 +18,6 @@ import pytest
 
 import hqq2gguf.cuda
 from hqq2gguf.convert import convert
-from hqq2gguf.errors import UnsupportedError
 from hqq2gguf.options import ConvertOptions, Device
 from hqq2gguf.recipes import Recipe
 from test_cuda_host import Sabotage
@@ -26,17 +25,6 @@ from test_quantize import SPEC
 
 solve_cuda_module = importlib.import_module("hqq2gguf.cuda.solve_cuda")
 RECIPES = ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_NL", "Q4_0", "Q5_1"]
-
-
-@pytest.fixture(scope="module")
-def host_launcher(tmp_path_factory: pytest.TempPathFactory):
-    from hqq2gguf.cuda.emulate import HostLauncher, compiler
-
-    try:
-        compiler()
-    except UnsupportedError as exc:
-        pytest.skip(f"CPU emulation of the kernels NOT run: {exc}")
-    return HostLauncher(tmp_path_factory.mktemp("cuda_emulation"))
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from hqq2gguf import ggml_ref
 from hqq2gguf.cuda import encode_cuda, loader, solve_cuda
 from hqq2gguf.cuda.host import BlockInputs, prepare
 from hqq2gguf.cuda.launch import THREADS_PER_CTA
-from hqq2gguf.errors import UnsupportedError
 from hqq2gguf.optimize import Encoded, SolverConfig, encode, solve
 from hqq2gguf.optimize.solver import solver_spec
 
@@ -31,17 +30,6 @@ Q = gguf.GGMLQuantizationType
 solve_cuda_module = importlib.import_module("hqq2gguf.cuda.solve_cuda")  # the package's solve_cuda is the function
 CUDA_DIR = Path(__file__).resolve().parents[1] / "cuda"
 TYPES = [Q.Q4_0, Q.Q5_1, Q.IQ4_NL, Q.Q2_K, Q.Q4_K, Q.Q6_K]
-
-
-@pytest.fixture(scope="module")
-def host_launcher(tmp_path_factory: pytest.TempPathFactory):
-    from hqq2gguf.cuda.emulate import HostLauncher, compiler
-
-    try:
-        compiler()
-    except UnsupportedError as exc:
-        pytest.skip(f"CPU emulation of the kernels NOT run: {exc}")
-    return HostLauncher(tmp_path_factory.mktemp("cuda_emulation"))
 
 
 def _weights(rows: int, ne0: int, seed: int = 0) -> np.ndarray:
