@@ -131,7 +131,7 @@ def test_default_iterations_per_type(qtype: Q) -> None:
                           (4096, 6, 4096, 2), (3, 1, 1, 1)])
 def test_row_parts_cover_every_row_once_within_the_chunk_bound(rows: int, per_row: int, chunk: int,
                                                                workers: int) -> None:
-    parts = solver_module._row_parts(rows, per_row, chunk, workers)
+    parts = solver_module.row_parts(rows, per_row, chunk, workers)
     covered = [r for sl in parts for r in range(rows)[sl]]
     assert covered == list(range(rows))
     assert all(sl.stop - sl.start <= max(1, chunk // per_row) for sl in parts)  # one row at least

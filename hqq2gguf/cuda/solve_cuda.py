@@ -1,6 +1,6 @@
 """The CUDA solver's entry points: the contracts of :func:`hqq2gguf.optimize.encode` / ``solve``, the loop on the GPU.
 
-    x (rows, ne0) --cut into row parts (the torch path's _row_parts)--> for each part, one after the other:
+    x (rows, ne0) --cut into row parts (the torch path's row_parts)--> for each part, one after the other:
       --host: llama.cpp's answer (ggml_ref), element weights, fitting weights--> kernel inputs   (host.prepare)
       --GPU: one thread per block runs the whole HQQ fit and writes ggml block bytes--> uint8 (n_blocks, size)
       --host: float64 re-check, llama.cpp's block kept wherever ours is not better--> packed rows  (host.finish)
@@ -26,7 +26,7 @@ from hqq2gguf.cuda.host import BlockInputs, KernelParams, Prepared, check_kernel
 from hqq2gguf.cuda.launch import CHUNK_ELEMENTS, THREADS_PER_CTA, CudaLauncher, Launcher
 from hqq2gguf.optimize import Encoded, Solution, SolverConfig
 # The torch path's input checks and row parts: one definition, so the contracts cannot drift.
-from hqq2gguf.optimize.solver import _concat, _row_parts, checked_rows, solver_spec
+from hqq2gguf.optimize.solver import checked_rows, concat_solutions, row_parts, solver_spec
 from hqq2gguf.optimize.weights import checked_importance
 from hqq2gguf.pack import Fields
 from hqq2gguf.qtypes import QuantSpec
@@ -81,15 +81,15 @@ def solve_cuda_solution(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, im
     per-block objectives). Holds the whole tensor's solution: a file conversion uses :func:`encode_cuda`."""
     spec = solver_spec(qtype)
     parts = _map_parts(x, qtype, importance, config, base_fields, launcher, lambda s, _: s)
-    return parts[0] if len(parts) == 1 else _concat(spec, parts)
+    return parts[0] if len(parts) == 1 else concat_solutions(spec, parts)
 
 
 def part_slices(spec: QuantSpec, rows: int, ne0: int, config: SolverConfig) -> list[slice]:
-    """The row parts of a (rows, ne0) tensor: the torch path's _row_parts, with :data:`PART_ELEMENTS` as the
+    """The row parts of a (rows, ne0) tensor: the torch path's row_parts, with :data:`PART_ELEMENTS` as the
     default size (one worker: parts run one after the other, the GPU being the parallel part)."""
     B = spec.block_size
     per_part = config.blocks_per_part(B) if config.chunk_blocks else max(1, PART_ELEMENTS // B)
-    return _row_parts(rows, ne0 // B, per_part, 1)
+    return row_parts(rows, ne0 // B, per_part, 1)
 
 
 def _map_parts(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, importance: torch.Tensor | None,

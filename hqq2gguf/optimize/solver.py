@@ -76,7 +76,7 @@ def solve(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torc
     ``config.workers`` threads. Every block is solved on its own, so the parts never change the result."""
     spec = solver_spec(qtype)
     solutions = _map_parts(spec, x, importance, config, lambda s, _: s)
-    return solutions[0] if len(solutions) == 1 else _concat(spec, solutions)
+    return solutions[0] if len(solutions) == 1 else concat_solutions(spec, solutions)
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _map_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None
     def run(sl: slice) -> T:
         return finish(_solve_rows(spec, x32[sl], imp, config), x32[sl])
 
-    parts = _row_parts(rows, ne0 // spec.block_size, config.blocks_per_part(spec.block_size), workers)
+    parts = row_parts(rows, ne0 // spec.block_size, config.blocks_per_part(spec.block_size), workers)
     with _threads(config.threads):
         if len(parts) == 1 or workers == 1:
             return [run(sl) for sl in parts]
@@ -158,7 +158,7 @@ def _solve_rows(spec: QuantSpec, x32: np.ndarray, imp: torch.Tensor | None, conf
     return Solution(spec.qtype, fields, values.reshape(rows, ne0), obj, base_obj, w_rows.numpy())
 
 
-def _row_parts(rows: int, blocks_per_row: int, chunk_blocks: int, workers: int) -> list[slice]:
+def row_parts(rows: int, blocks_per_row: int, chunk_blocks: int, workers: int) -> list[slice]:
     """Slices of whole rows: at most ``chunk_blocks`` blocks each (one row at least), and at least
     ``workers`` of them when there are that many rows."""
     per_part = max(1, chunk_blocks // blocks_per_row)
@@ -167,7 +167,7 @@ def _row_parts(rows: int, blocks_per_row: int, chunk_blocks: int, workers: int) 
     return [slice(i, i + size) for i in range(0, rows, size)]
 
 
-def _concat(spec: QuantSpec, parts: list[Solution]) -> Solution:
+def concat_solutions(spec: QuantSpec, parts: list[Solution]) -> Solution:
     """The solutions of consecutive row parts as one."""
     def cat(name: str) -> np.ndarray | None:
         first = getattr(parts[0].fields, name)
