@@ -19,11 +19,10 @@ from hqq2gguf.errors import MEMORY_HINT, InputError, ResourceError
 from hqq2gguf.optimize import SOLVER_TYPES, Encoded, SolverConfig, encode as solver_encode
 from hqq2gguf.options import ConvertOptions, Device
 from hqq2gguf.plan import PlannedTensor
+from hqq2gguf.read.gguf_in import PASS_THROUGH_TYPES
 
 logger = logging.getLogger(__name__)
 
-Q = gguf.GGMLQuantizationType
-_PASS_THROUGH = (Q.I8, Q.I16, Q.I32, Q.I64, Q.F64)
 
 
 def encode_tensor(out: PlannedTensor, tensor: torch.Tensor, options: ConvertOptions,
@@ -50,7 +49,7 @@ def encode_tensor(out: PlannedTensor, tensor: torch.Tensor, options: ConvertOpti
 
 def reference_encode(name: str, data: np.ndarray, out_type: gguf.GGMLQuantizationType) -> np.ndarray:
     """gguf-py's reference encoding: F32/F16 come back as float arrays, BF16 and block types as uint8."""
-    if out_type in _PASS_THROUGH:
+    if out_type in PASS_THROUGH_TYPES:
         return data  # pass-through types keep their bytes
     try:
         return gguf.quants.quantize(data, out_type)

@@ -40,9 +40,10 @@ def make_imatrix(model: Path, output: Path, *, text: Path | None = None, seed: i
     if output.suffix != ".gguf":
         raise OutputError("the imatrix is written in llama.cpp's GGUF format: name the file *.gguf", file=output)
     check_output_path(output, force=force)
-    source = open_source(Path(model), ConvertOptions(allow_pickle=allow_pickle))
+    options = ConvertOptions(allow_pickle=allow_pickle)
+    source = open_source(Path(model), options)
     what: SelfText | Path = SelfText(seed=seed) if text is None else text
-    with runnable_model(source, ConvertOptions(allow_pickle=allow_pickle), needed=True) as runnable:
+    with runnable_model(source, options, needed=True) as runnable:
         stats, read = collect_activations(runnable, what, chunk=chunk, process_output=process_output)
     if save_text is not None:
         save_text.write_text(read.text, encoding="utf-8")

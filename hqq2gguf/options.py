@@ -236,7 +236,7 @@ class ConvertOptions:
                 raise OptionError("--keep-lm-head-fp16 and --output-tensor-type are exclusive")
             output_tensor_type = "F16"
         chosen = recipe or (BITS_RECIPES[str(bits)] if bits is not None else None)
-        calib = Calibration(calibration) if calibration in Calibration._value2member_map_ else Path(calibration)
+        calib = Calibration(calibration) if calibration in {c.value for c in Calibration} else Path(calibration)
         text = calib is not Calibration.NONE and imatrix is None
         weights = solver_weights or ("importance" if imatrix or text else "auto")
         solver = SolverConfig(weights=_parse(WeightMode, weights, "--solver-weights"))

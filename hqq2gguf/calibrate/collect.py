@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hqq2gguf.calibrate.imatrix import mean_squares
 from hqq2gguf.errors import UnsupportedError
 
 logger = logging.getLogger(__name__)
@@ -145,12 +146,7 @@ class ImatrixStats:
     def means(self) -> dict[str, np.ndarray]:
         """Mean squared input per column, float32 (n_mat, ne0), as llama-quantize reads an imatrix (an
         expert never routed to gets 1 everywhere)."""
-        out = {}
-        for name, s in self.sums.items():
-            c = self.counts[name].astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out[name] = np.where(c[:, None] > 0, s / np.where(c > 0, c, 1)[:, None], 1.0).astype(np.float32)
-        return out
+        return {name: mean_squares(s, self.counts[name]) for name, s in self.sums.items()}
 
 
 class ImatrixCollector:

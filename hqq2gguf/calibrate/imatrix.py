@@ -93,11 +93,16 @@ def _read_gguf_imatrix(path: Path) -> dict[str, np.ndarray]:
         s, c = sums[name], np.rint(counts[name])
         if c.size == 0 or s.size % c.size:
             raise InputError(f"{s.size} sums do not split into {c.size} experts", file=path, tensor=name)
-        s = s.reshape(c.size, -1)
-        # llama-quantize: sums / count per expert; an expert never seen gets 1 everywhere
-        with np.errstate(divide="ignore", invalid="ignore"):
-            entries[name] = np.where(c[:, None] > 0, s / np.where(c > 0, c, 1)[:, None], 1.0).astype(np.float32)
+        entries[name] = mean_squares(s.reshape(c.size, -1), c)
     return entries
+
+
+def mean_squares(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """llama-quantize's reading of an imatrix entry: sums (n_mat, ne0) / count per matrix (expert), float32;
+    an expert never routed to gets 1 everywhere."""
+    c = np.asarray(counts, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(c[:, None] > 0, sums / np.where(c > 0, c, 1)[:, None], 1.0).astype(np.float32)
 
 
 def _read_legacy_imatrix(path: Path) -> dict[str, np.ndarray]:
