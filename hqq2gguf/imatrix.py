@@ -29,6 +29,7 @@ class ImatrixResult:
     path: Path
     n_entries: int
     n_chunks: int
+    n_tokens: int
     text_sha256: str
 
 
@@ -51,5 +52,6 @@ def make_imatrix(model: Path, output: Path, *, text: Path | None = None, seed: i
     with atomic_output(output, force=force) as tmp:
         write_imatrix(tmp, stats.sums, stats.counts, datasets=[dataset], chunk_count=stats.chunks,
                       chunk_size=stats.chunk_size)
-    logger.info("wrote %s: %d matrices, %d chunks of %d tokens", output, len(stats.sums), stats.chunks, chunk)
-    return ImatrixResult(output, len(stats.sums), stats.chunks, read.sha256)
+    logger.info("wrote %s: %d matrices, %d tokens (%d pieces of at most %d)", output, len(stats.sums), read.tokens,
+                stats.chunks, stats.chunk_size)
+    return ImatrixResult(output, len(stats.sums), stats.chunks, read.tokens, read.sha256)

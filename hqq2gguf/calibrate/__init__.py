@@ -84,7 +84,7 @@ def _from_text(runnable: Path, options: ConvertOptions) -> Importance:
         logger.info("calibration text saved to %s", options.save_calibration)
     kind = "self" if isinstance(source, SelfText) else "file"
     record: dict[str, object] = {"kind": kind, "chunks": text.n_chunks, "chunk_size": text.chunk,
-                                 "tokens": text.n_chunks * text.chunk, "text_sha256": text.sha256}
+                                 "tokens": text.tokens, "text_sha256": text.sha256}
     if isinstance(source, SelfText):
         record |= source.provenance()
     return Importance(stats.means(), f"{kind} calibration", record)

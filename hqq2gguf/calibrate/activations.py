@@ -1,7 +1,7 @@
 """Column importance from text: the model's own (self-calibration) or the user's, through llama.cpp.
 
-    stats, text = collect_activations(gguf_path, SelfText(seed=0))       # the model writes, then reads
-    stats, text = collect_activations(gguf_path, Path("calib.txt"))       # the user's text
+    stats, text = collect_activations(gguf_path, SelfText(seed=0))       # the model writes; watched as it writes
+    stats, text = collect_activations(gguf_path, Path("calib.txt"))       # the user's text, read
 
 Reading is llama-imatrix's: the text is tokenized (BOS added where the vocabulary adds it), cut into chunks
 of ``chunk`` tokens (the last partial chunk dropped), each chunk's first token replaced by BOS, every chunk
@@ -9,7 +9,10 @@ evaluated from an empty cache with all logits; the statistics are :class:`~.coll
 
 Writing (self-calibration): sequences start from a random ordinary vocabulary token after BOS (LLM-QAT),
 continue greedily for ``greedy_first`` tokens and are then sampled, each sequence at one of
-``temperatures`` in turn, ``batch`` sequences side by side. Deterministic for a given ``seed``.
+``temperatures`` in turn, ``batch`` sequences side by side. The statistics are collected from the very
+forward passes that write the text (every token the model reads as it writes, each sequence in its own
+context): the same kind of rows a second reading would give, at half the cost. Deterministic for a given
+``seed``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,11 +57,13 @@ class SelfText:
 
 @dataclass(frozen=True)
 class CalibrationText:
-    """The text importance was measured on, and how much of it was read."""
+    """The text importance was measured on: ``n_chunks`` pieces (chunks read, or sequences written) of at most
+    ``chunk`` tokens, ``tokens`` in all."""
 
     text: str
     n_chunks: int
     chunk: int
+    tokens: int
 
     @property
     def sha256(self) -> str:
@@ -66,43 +72,59 @@ class CalibrationText:
 
 def collect_activations(model: Path, source: SelfText | Path, *, chunk: int = 512, threads: int | None = None,
                         process_output: bool = False) -> tuple[ImatrixStats, CalibrationText]:
-    """llama-imatrix's statistics of ``model`` (a GGUF llama.cpp can run) over ``source``'s text."""
+    """llama-imatrix's statistics of ``model`` (a GGUF llama.cpp can run) over ``source``'s text: the model's own,
+    watched while it writes, or a file's, read in chunks of ``chunk`` tokens."""
+    if isinstance(source, SelfText):
+        return _while_writing(model, source, threads, process_output)
     collector = ImatrixCollector(process_output=process_output)
-    n_seq = source.batch if isinstance(source, SelfText) else 1
-    with LlamaRunner(model, n_ctx=max(chunk, _longest(source)), n_seq=n_seq, n_batch=max(chunk, 512),
-                     threads=threads, eval_callback=collector.callback) as llm:
+    with LlamaRunner(model, n_ctx=chunk, n_batch=max(chunk, 512), threads=threads,
+                     eval_callback=collector.callback) as llm:
         collector.active = False
-        t0 = time.perf_counter()
-        text = generate_text(llm, source) if isinstance(source, SelfText) else read_text(source)
-        chunks = chunk_tokens(llm, text, chunk, where=source if isinstance(source, Path) else None)
-        t1 = time.perf_counter()
+        text = read_text(source)
+        chunks = chunk_tokens(llm, text, chunk, where=source)
         collector.active = True
+        t0 = time.perf_counter()
         with Progress(len(chunks), "calibration: reading") as progress:
             for tokens in chunks:
                 llm.evaluate(tokens)
-                if collector.error is not None:
-                    raise InputError(f"cannot collect activations: {collector.error}", file=model)
+                _check(collector, model)
                 progress.update(1)
     stats = collector.stats
     stats.chunks, stats.chunk_size = len(chunks), chunk
-    logger.info("calibration: %d chunks of %d tokens, %d matrices (text %.1f s, reading %.1f s)", len(chunks), chunk,
-                len(stats.sums), t1 - t0, time.perf_counter() - t1)
-    return stats, CalibrationText(text, len(chunks), chunk)
+    logger.info("calibration: %d chunks of %d tokens, %d matrices (%.1f s)", len(chunks), chunk, len(stats.sums),
+                time.perf_counter() - t0)
+    return stats, CalibrationText(text, len(chunks), chunk, len(chunks) * chunk)
 
 
-def _longest(source: SelfText | Path) -> int:
-    return source.n_tokens + 8 if isinstance(source, SelfText) else 0
+def _while_writing(model: Path, cfg: SelfText, threads: int | None,
+                   process_output: bool) -> tuple[ImatrixStats, CalibrationText]:
+    collector = ImatrixCollector(process_output=process_output, min_rows=1)
+    with LlamaRunner(model, n_ctx=cfg.n_tokens + 8, n_seq=cfg.batch, threads=threads,
+                     eval_callback=collector.callback) as llm:
+        t0 = time.perf_counter()
+        text, n_tokens = generate_text(llm, cfg, check=lambda: _check(collector, model))
+    stats = collector.stats
+    stats.chunks, stats.chunk_size = cfg.n_sequences, cfg.n_tokens
+    logger.info("calibration: %d sequences, %d tokens read while written, %d matrices (%.1f s)", cfg.n_sequences,
+                n_tokens, len(stats.sums), time.perf_counter() - t0)
+    return stats, CalibrationText(text, cfg.n_sequences, cfg.n_tokens, n_tokens)
 
 
-def generate_text(llm: LlamaRunner, cfg: SelfText) -> str:
-    """The model's own text: ``cfg.n_sequences`` sequences, separated by blank lines."""
+def _check(collector: ImatrixCollector, model: Path) -> None:
+    if collector.error is not None:
+        raise InputError(f"cannot collect activations: {collector.error}", file=model)
+
+
+def generate_text(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] = lambda: None) -> tuple[str, int]:
+    """The model's own text: ``cfg.n_sequences`` sequences, separated by blank lines, and the number of tokens
+    the model read while writing them (``check`` runs after every batch of sequences)."""
     rng = np.random.default_rng(cfg.seed)
     plain = llm.plain_tokens()
     if plain.size == 0:
         raise InputError("the vocabulary has no ordinary text token to start self-written text from: give "
                          "--calibration FILE (your own text) or --calibration none", file=llm.path)
     starts = rng.choice(plain, size=cfg.n_sequences)
-    texts = []
+    texts, n_read = [], 0
     with Progress(cfg.n_sequences * cfg.n_tokens, "calibration: writing") as progress:
         for first in range(0, cfg.n_sequences, cfg.batch):
             group = range(first, min(first + cfg.batch, cfg.n_sequences))
@@ -110,10 +132,12 @@ def generate_text(llm: LlamaRunner, cfg: SelfText) -> str:
             temps = [cfg.temperatures[i % len(cfg.temperatures)] for i in group]
             seqs = llm.generate(prompts, cfg.n_tokens, temps, rng, greedy_first=cfg.greedy_first,
                                 progress=progress.update)
+            check()
+            n_read += sum(len(seq) - 1 for seq in seqs)  # every token but the last sampled one was read
             for prompt, seq in zip(prompts, seqs):
                 body = seq[len(prompt) - 1:]  # the start token, then what the model wrote
                 texts.append(b"".join(llm.piece(t) for t in body).decode("utf-8", errors="replace"))
-    return "\n\n".join(t.strip() for t in texts) + "\n"
+    return "\n\n".join(t.strip() for t in texts) + "\n", n_read
 
 
 def read_text(path: Path) -> str:

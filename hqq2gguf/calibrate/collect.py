@@ -152,10 +152,11 @@ class ImatrixStats:
 class ImatrixCollector:
     """The eval callback (:attr:`callback`, a ctypes function to keep alive while the context lives)."""
 
-    def __init__(self, *, process_output: bool = False) -> None:
+    def __init__(self, *, process_output: bool = False, min_rows: int = MIN_ROWS) -> None:
         from llama_cpp import ggml_backend_sched_eval_callback
 
         self.process_output = process_output
+        self.min_rows = min_rows  # smaller batches are ignored (llama-imatrix: 16, to skip generation steps)
         self.active = True  # False: watch nothing (e.g. while the same context generates text)
         self.stats = ImatrixStats()
         self.error: BaseException | None = None
@@ -181,7 +182,7 @@ class ImatrixCollector:
         if t.op != self._ggml.mul_mat:
             return False
         src0, src1 = GgmlTensor.from_address(t.src[0]), GgmlTensor.from_address(t.src[1])
-        if src1.ne[1] < MIN_ROWS or src1.type != GGML_TYPE_F32:
+        if src1.ne[1] < self.min_rows or src1.type != GGML_TYPE_F32:
             return False
         name = weight_name(src0.name)
         return name.startswith("blk.") or (self.process_output and name == "output.weight")

@@ -30,5 +30,5 @@ def imatrix(model: Path, **options: object) -> None:
     from hqq2gguf.imatrix import make_imatrix
 
     result = make_imatrix(model, **options)
-    click.echo(f"wrote {result.path} ({result.n_entries} matrices, {result.n_chunks} chunks, "
+    click.echo(f"wrote {result.path} ({result.n_entries} matrices, {result.n_tokens} tokens, "
                f"text sha256 {result.text_sha256[:16]}...)")
