@@ -27,7 +27,7 @@ from hqq2gguf.options import ConvertOptions, Device, OutType
 from hqq2gguf.plan import Plan, make_plan
 from hqq2gguf.read.hub import resolve_model
 from hqq2gguf.sources import Source, open_source
-from hqq2gguf.write import GgufFile, check_output_path, output_path, write_provenance
+from hqq2gguf.write import GgufFile, check_output_path, explicit_output, output_path, write_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
 
         options = dataclasses.replace(options, device=resolve_device(options.device))
     source = open_source(input_path, options)
+    explicit = explicit_output(options)
+    if explicit is not None and not out_split(options):  # refused before calibration, not after it
+        check_output_path(explicit, force=options.force)
     with runnable_model(source, options) as runnable:
         importance = column_importance(source, options, runnable)
     plan = make_plan(source, options)
@@ -73,6 +76,11 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
     logger.info("wrote %s in %.1f s", paths[0] if len(paths) == 1 else f"{len(paths)} parts {paths[0]}...", seconds)
     return ConvertResult(paths[0], len(plan.tensors), sum(p.stat().st_size for p in paths), seconds,
                          tuple(paths) if len(paths) > 1 else ())
+
+
+def out_split(options: ConvertOptions) -> bool:
+    """Whether the output is a split set (its parts' names are known only once the plan is)."""
+    return bool(options.split_max_size or options.split_max_tensors)
 
 
 @contextlib.contextmanager

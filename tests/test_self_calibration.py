@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from hqq2gguf.calibrate import SelfText, collect_activations
 from hqq2gguf.cli import main
 from hqq2gguf.convert import convert
 from hqq2gguf.imatrix import make_imatrix
+from hqq2gguf.errors import OutputError
 from hqq2gguf.options import ConvertOptions, OutType
 from hqq2gguf.runtime.validate import builtin_corpus
 
@@ -135,3 +137,30 @@ def test_bad_calibration_text_is_one_clear_error(tiny_model_dir: Callable[[str],
 def test_imatrix_command_refuses_a_non_gguf_name(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["imatrix", str(tmp_path), "-o", str(tmp_path / "x.dat")])
     assert result.exit_code == 1 and "GGUF format" in result.output
+
+
+def test_existing_output_is_refused_before_calibration(tiny_model_dir: Callable[[str], Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Minutes of calibration must not come before "output file exists"."""
+    import hqq2gguf.calibrate as calibrate
+
+    def no_calibration(*args: object, **kwargs: object) -> None:
+        raise AssertionError("calibration ran before the output path was checked")
+
+    monkeypatch.setattr(calibrate, "collect_activations", no_calibration)
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="exists"):
+        convert(tiny_model_dir("llama2"), ConvertOptions.from_args(recipe="Q4_0", calibration="self", output=out))
+    with pytest.raises(OutputError, match=r"\.gguf"):
+        convert(tiny_model_dir("llama2"), ConvertOptions.from_args(recipe="Q4_0", calibration="self",
+                                                                   output=tmp_path / "m.bin"))
+    assert out.read_bytes() == b"precious"
+
+
+def test_tokens_read_while_writing_are_counted_per_matrix(tiny_f16: Path) -> None:
+    """Statistics collected while the model writes: every token it read counts once in every layer-0 matrix."""
+    stats, text = collect_activations(tiny_f16, SelfText(n_sequences=3, n_tokens=20, batch=2, seed=1))
+    assert 0 < text.tokens <= 3 * (20 + 1)
+    counts = {name: int(c.sum()) for name, c in stats.counts.items() if name.startswith("blk.0.")}
+    assert counts and set(counts.values()) == {text.tokens}, counts

@@ -124,7 +124,7 @@ def generate_text(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] 
         raise InputError("the vocabulary has no ordinary text token to start self-written text from: give "
                          "--calibration FILE (your own text) or --calibration none", file=llm.path)
     starts = rng.choice(plain, size=cfg.n_sequences)
-    texts, n_read = [], 0
+    texts, n_before = [], llm.n_decoded
     with Progress(cfg.n_sequences * cfg.n_tokens, "calibration: writing") as progress:
         for first in range(0, cfg.n_sequences, cfg.batch):
             group = range(first, min(first + cfg.batch, cfg.n_sequences))
@@ -133,11 +133,10 @@ def generate_text(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] 
             seqs = llm.generate(prompts, cfg.n_tokens, temps, rng, greedy_first=cfg.greedy_first,
                                 progress=progress.update)
             check()
-            n_read += sum(len(seq) - 1 for seq in seqs)  # every token but the last sampled one was read
             for prompt, seq in zip(prompts, seqs):
                 body = seq[len(prompt) - 1:]  # the start token, then what the model wrote
                 texts.append(b"".join(llm.piece(t) for t in body).decode("utf-8", errors="replace"))
-    return "\n\n".join(t.strip() for t in texts) + "\n", n_read
+    return "\n\n".join(t.strip() for t in texts) + "\n", llm.n_decoded - n_before
 
 
 def read_text(path: Path) -> str:

@@ -58,6 +58,7 @@ class LlamaRunner:
         self.n_batch = cparams.n_batch
         self.add_bos = bool(ll.llama_vocab_get_add_bos(self.vocab))
         self.bos = ll.llama_vocab_bos(self.vocab)
+        self.n_decoded = 0  # tokens decoded so far (what an eval callback has watched)
 
     def __enter__(self) -> LlamaRunner:
         return self
@@ -157,6 +158,7 @@ class LlamaRunner:
                     batch.seq_id[i][0], batch.logits[i] = seq, logits
                 batch.n_tokens = len(part)
                 status = ll.llama_decode(self.ctx, batch)
+                self.n_decoded += len(part)
             finally:
                 ll.llama_batch_free(batch)
             if status != 0:

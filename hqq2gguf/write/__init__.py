@@ -2,8 +2,8 @@
 
 from hqq2gguf.write.atomic import atomic_output, atomic_outputs, check_output_path
 from hqq2gguf.write.gguf_file import GgufFile
-from hqq2gguf.write.naming import output_path, safe_file_stem
+from hqq2gguf.write.naming import explicit_output, output_path, safe_file_stem
 from hqq2gguf.write.provenance import write_provenance
 
-__all__ = ["GgufFile", "atomic_output", "atomic_outputs", "check_output_path", "output_path", "safe_file_stem",
-           "write_provenance"]
+__all__ = ["GgufFile", "atomic_output", "atomic_outputs", "check_output_path", "explicit_output", "output_path",
+           "safe_file_stem", "write_provenance"]
