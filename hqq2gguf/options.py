@@ -57,11 +57,31 @@ class Calibration(str, Enum):
     """Where column importance comes from when no ``--imatrix`` is given (``--calibration``; a path means the
     user's own text)."""
 
+    AUTO = "auto"
+    """The default: SELF for the recipes in :data:`SELF_CALIBRATED` when neither ``--imatrix`` nor
+    ``--importance`` is given, NONE otherwise."""
     SELF = "self"
     """The model writes its own text (random vocabulary starts, several temperatures) and llama.cpp reads it
     back, as llama-imatrix would: the statistics of an imatrix, with no data from the user."""
     NONE = "none"
     """No text: uniform importance, or the data-free proxy of ``--importance``."""
+
+
+SELF_CALIBRATED: frozenset[str] = frozenset({
+    "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"})
+"""Recipes that calibrate on the model's own text by default: those where it measurably lowers KLD
+(benchmarks/results/quality_*-default.md); Q8_0 gains nothing measurable and keeps its speed."""
+
+
+def resolve_calibration(calibration: Calibration | Path, recipe: Recipe | None, imatrix: Path | None,
+                        importance: ImportanceSource) -> Calibration | Path:
+    """AUTO made concrete: SELF for a self-calibrated recipe with no imatrix and no data-free importance."""
+    if calibration is not Calibration.AUTO:
+        return calibration
+    if recipe is None or imatrix is not None or importance is not ImportanceSource.NONE:
+        return Calibration.NONE
+    return Calibration.SELF if recipe.value in SELF_CALIBRATED else Calibration.NONE
 
 
 class OutType(str, Enum):
@@ -152,8 +172,9 @@ class ConvertOptions:
     device: Device = Device.CPU
     """Where the solver runs: the torch path (CPU), the fused CUDA kernels, or AUTO (CUDA when usable). The
     output bytes are meant to be the same (cuda/README.md says how far that is verified)."""
-    calibration: Calibration | Path = Calibration.NONE
-    """Column importance from text when no imatrix is given: the model's own (SELF), none, or a text file."""
+    calibration: Calibration | Path = Calibration.AUTO
+    """Column importance from text when no imatrix is given: the model's own (SELF), none, or a text file; AUTO
+    (the default) is resolved to SELF or NONE at construction (:func:`resolve_calibration`)."""
     save_calibration: Path | None = None
     """Where to keep the calibration text that was read (for inspection)."""
     group_size: int | None = None
@@ -190,6 +211,8 @@ class ConvertOptions:
         if not isinstance(self.calibration, (Calibration, Path)):
             raise OptionError(f"calibration must be one of {[c.value for c in Calibration]} or a Path, "
                               f"got {self.calibration!r}")
+        object.__setattr__(self, "calibration", resolve_calibration(self.calibration, self.recipe, self.imatrix,
+                                                                    self.importance))
         if self.importance is not ImportanceSource.NONE and self.calibrated:
             raise OptionError("--importance is the data-free alternative to calibration: give --calibration none")
         if self.save_calibration is not None and not self.calibrated:
@@ -222,7 +245,7 @@ class ConvertOptions:
                   token_embedding_type: str | None = None, tensor_type: Sequence[str] = (), pure: bool = False,
                   leave_output_tensor: bool = False, imatrix: Path | None = None, importance: str = "none",
                   device: str = "cpu", solver_weights: str | None = None, solver_iterations: int | None = None,
-                  calibration: str = "none", **kwargs: Any) -> ConvertOptions:
+                  calibration: str = "auto", **kwargs: Any) -> ConvertOptions:
         """Options from the command line's words (``hqq2gguf convert``'s options, one keyword each), with its
         shorthands resolved: ``bits`` for ``recipe``, ``keep_lm_head_fp16`` for ``output_tensor_type="F16"``,
         ``solver_weights`` defaulting to ``importance`` with an imatrix. Every conflict is an OptionError,
@@ -236,7 +259,9 @@ class ConvertOptions:
                 raise OptionError("--keep-lm-head-fp16 and --output-tensor-type are exclusive")
             output_tensor_type = "F16"
         chosen = recipe or (BITS_RECIPES[str(bits)] if bits is not None else None)
+        parsed = Recipe.parse(chosen) if chosen else None
         calib = Calibration(calibration) if calibration in {c.value for c in Calibration} else Path(calibration)
+        calib = resolve_calibration(calib, parsed, imatrix, _parse(ImportanceSource, importance, "--importance"))
         text = calib is not Calibration.NONE and imatrix is None
         weights = solver_weights or ("importance" if imatrix or text else "auto")
         solver = SolverConfig(weights=_parse(WeightMode, weights, "--solver-weights"))
@@ -245,7 +270,7 @@ class ConvertOptions:
         quant = QuantOptions.from_cli(tensor_type=tuple(tensor_type), output_tensor_type=output_tensor_type,
                                       token_embedding_type=token_embedding_type, pure=pure,
                                       leave_output_tensor=leave_output_tensor)
-        return cls(outtype=_parse(OutType, outtype, "--outtype"), recipe=Recipe.parse(chosen) if chosen else None,
+        return cls(outtype=_parse(OutType, outtype, "--outtype"), recipe=parsed,
                    quant=quant, solver=solver, imatrix=imatrix,
                    importance=_parse(ImportanceSource, importance, "--importance"),
                    device=_parse(Device, device, "--device"), calibration=calib, **kwargs)

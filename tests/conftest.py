@@ -31,6 +31,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _default_calibration_off(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quantizing calibrates on the model's own text by default (options.SELF_CALIBRATED); in-process tests of
+    everything else quantize without it (the bytes they pin were made so, and it saves seconds per conversion).
+    Tests marked ``default_calibration`` see the product's default. Subprocesses always do."""
+    if request.node.get_closest_marker("default_calibration") is None:
+        import hqq2gguf.options
+
+        monkeypatch.setattr(hqq2gguf.options, "SELF_CALIBRATED", frozenset())
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     reason = oracle.oracle_missing_reason()
     where = oracle.oracle_src() if reason is None else f"MISSING - {reason}"

@@ -19,8 +19,9 @@ from hqq2gguf.calibrate import SelfText, collect_activations
 from hqq2gguf.cli import main
 from hqq2gguf.convert import convert
 from hqq2gguf.imatrix import make_imatrix
-from hqq2gguf.errors import OutputError
-from hqq2gguf.options import ConvertOptions, OutType
+from hqq2gguf.errors import OptionError, OutputError
+from hqq2gguf.options import Calibration, ConvertOptions, OutType
+from hqq2gguf.recipes import Recipe
 from hqq2gguf.runtime.validate import builtin_corpus
 
 CHUNK = 128  # the tiny models are trained for 256 positions
@@ -164,3 +165,33 @@ def test_tokens_read_while_writing_are_counted_per_matrix(tiny_f16: Path) -> Non
     assert 0 < text.tokens <= 3 * (20 + 1)
     counts = {name: int(c.sum()) for name, c in stats.counts.items() if name.startswith("blk.0.")}
     assert counts and set(counts.values()) == {text.tokens}, counts
+
+
+@pytest.mark.default_calibration
+@pytest.mark.parametrize(("args", "kind"), [
+    ((), "self"),                                   # the default: the model's own text
+    (("--calibration", "none"), None),
+    (("--importance", "norms"), None),              # the data-free proxy asked for: no text
+], ids=["default", "none", "importance"])
+def test_quantizing_calibrates_on_the_models_own_text_by_default(tiny_model_dir: Callable[[str], Path],
+                                                                  tmp_path: Path, args: tuple[str, ...],
+                                                                  kind: str | None) -> None:
+    out = tmp_path / "m.gguf"
+    result = CliRunner().invoke(main, ["convert", str(tiny_model_dir("llama2")), "--type", "Q4_K_M", "-o", str(out),
+                                       *args])
+    assert result.exit_code == 0, result.output
+    record = provenance(out).get("calibration")
+    assert (record and record["kind"]) == kind
+
+
+@pytest.mark.default_calibration
+def test_default_calibration_resolution() -> None:
+    """AUTO is resolved at construction: the options say what will happen."""
+    assert ConvertOptions.from_args(recipe="Q4_K_M").calibration is Calibration.SELF
+    assert ConvertOptions(recipe=Recipe.Q2_K).calibration is Calibration.SELF
+    assert ConvertOptions.from_args(recipe="Q8_0").calibration is Calibration.NONE  # no measurable gain
+    assert ConvertOptions().calibration is Calibration.NONE  # nothing to quantize
+    assert ConvertOptions.from_args(recipe="Q4_K_M", imatrix=Path("x.gguf")).calibration is Calibration.NONE
+    assert not ConvertOptions.from_args(recipe="Q4_K_M", imatrix=Path("x.gguf")).calibrated
+    with pytest.raises(OptionError, match="--save-calibration"):
+        ConvertOptions.from_args(recipe="Q8_0", save_calibration=Path("t.txt"))

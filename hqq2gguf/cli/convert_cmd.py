@@ -44,9 +44,11 @@ from hqq2gguf.options import BITS_RECIPES
               show_default=True,
               help="Data-free column importance when no --imatrix is given (norms: squared weights of the norm "
                    "feeding each matrix; derived: also estimates for attn_output and ffn_down from the weights).")
-@click.option("--calibration", default="none", show_default=True, metavar="self|none|FILE",
-              help="Column importance from text when no --imatrix is given: self (the model writes its own text, "
-                   "llama.cpp reads it back as llama-imatrix would), none, or a UTF-8 text file of your own.")
+@click.option("--calibration", default="auto", show_default=True, metavar="auto|self|none|FILE",
+              help="Column importance from text when no --imatrix is given: self (the model writes its own text and "
+                   "llama.cpp's statistics are collected as it writes; nothing from you), none, or a UTF-8 text file "
+                   "of your own. auto: self for every recipe but Q8_0 when neither --imatrix nor --importance is "
+                   "given, none otherwise.")
 @click.option("--save-calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Keep the calibration text that was read in this file.")
 @click.option("--group-size", type=int, default=None,
