@@ -10,6 +10,7 @@ Variants (name: what the model reads):
   none            no imatrix (llama.cpp's default)
   self-wN         N tokens the model writes itself (N/256 sequences of 256 tokens, random vocabulary starts,
                   temperatures 0.6/0.8/1.0/1.2), statistics collected while it writes (hqq2gguf's default path)
+  self-wN-sL      the same in sequences of L tokens (N/L of them, 16 side by side)
   self-read-8192  the same 8192-token self-written text, written first and then read back in 512-token chunks
                   (llama-imatrix's way; the first implementation)
   self-t1-w4096   as self-w4096, every sequence at temperature 1.0
@@ -52,9 +53,12 @@ DEFAULT_VARIANTS = ("none", "self-w1024", "self-w2048", "self-w4096", "self-w819
                     "self-t1-w4096", "random-4096", "prose", "opticks")
 
 
-def self_text(n_tokens: int, temperatures: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2)) -> SelfText:
-    n_seq = max(1, n_tokens // 256)
-    return SelfText(n_sequences=n_seq, n_tokens=256, temperatures=temperatures, batch=min(16, n_seq))
+def self_text(spec: str, temperatures: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2)) -> SelfText:
+    """``N`` (N tokens in sequences of 256) or ``N-sL`` (sequences of L tokens)."""
+    total, _, length = spec.partition("-s")
+    seq = int(length) if length else 256
+    n_seq = max(1, int(total) // seq)
+    return SelfText(n_sequences=n_seq, n_tokens=seq, temperatures=temperatures, batch=min(16, n_seq))
 
 
 def random_stats(model: Path, n_chunks: int, seed: int = 0) -> tuple[object, int]:
@@ -86,13 +90,13 @@ def make_variant(variant: str, model: Path, work: Path, opticks: Path | None) ->
     out = work / f"{model.stem}.{variant}.imatrix.gguf"
     t0 = time.perf_counter()
     if variant.startswith("self-w"):
-        stats, text = collect_activations(model, self_text(int(variant[len("self-w"):])))
+        stats, text = collect_activations(model, self_text(variant[len("self-w"):]))
         tokens = text.tokens
     elif variant.startswith("self-t1-w"):
-        stats, text = collect_activations(model, self_text(int(variant[len("self-t1-w"):]), (1.0,)))
+        stats, text = collect_activations(model, self_text(variant[len("self-t1-w"):], (1.0,)))
         tokens = text.tokens
     elif variant.startswith("self-read-"):
-        _, written = collect_activations(model, self_text(int(variant[len("self-read-"):])))
+        _, written = collect_activations(model, self_text(variant[len("self-read-"):]))
         path = work / f"{model.stem}.{variant}.txt"
         path.write_text(written.text, encoding="utf-8")
         t0 = time.perf_counter()  # the reading alone; writing costs as much as self-wN
