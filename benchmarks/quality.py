@@ -90,7 +90,7 @@ def llama_cpp_quantize_imatrix(src: Path, dst: Path, recipe: str, n_threads: int
 
 
 def hqq2gguf_quantize(src: Path, dst: Path, recipe: str, n_threads: int, solver_weights: str | None = None,
-                      importance: str = "none", imatrix: Path | None = None, calibration: str = "none") -> float:
+                      importance: str = "none", imatrix: Path | None = None, calibration: str = "auto") -> float:
     """Quantize ``src`` to ``dst`` with hqq2gguf --type RECIPE (the command line's defaults for the options not
     given, e.g. importance weights with an imatrix or calibration text); returns wall seconds."""
     from hqq2gguf.convert import convert
@@ -170,7 +170,10 @@ def render_markdown(doc: dict) -> str:
     head = ["recipe"]
     for q in QUANTIZERS:
         head += [f"{q} bytes", f"{q} mean KLD", f"{q} KLD p99", f"{q} top-1", f"{q} PPL"]
-    head += ["KLD ratio hqq2gguf/llama.cpp", "paired ratio ± 2 s.e.", "target met", "tensor types+bytes identical"]
+    held = doc.get("held_out_from")
+    head += ["KLD ratio hqq2gguf/llama.cpp", "paired ratio ± 2 s.e."]
+    head += [f"held-out chunks {held}-{doc['n_chunks'] - 1}: paired ratio"] if held else []
+    head += ["target met", "tensor types+bytes identical"]
     if pub:
         head += ["README bytes", "README KLD", "README top-1"]
     lines = [f"# Quality vs the dithered F16 reference: {doc['name']}", "",
@@ -201,6 +204,9 @@ def render_markdown(doc: dict) -> str:
             cells.append(f"{pr:.3f} ± {2 * se:.3f}")
         else:
             cells.append("")
+        if held:
+            hr, hse = paired_kld_ratio(b["chunk_kld"][held:], a["chunk_kld"][held:]) if paired else (None, None)
+            cells.append(f"{hr:.3f} ± {2 * hse:.3f}" if paired else "")
         cells.append(target(recipe, ratio, bool(doc.get("imatrix"))) if ratio is not None else "")
         layout = doc.get("same_layout", {}).get(recipe)
         cells.append("" if layout is None else ("yes" if layout else "NO"))
@@ -267,8 +273,8 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 @click.option("--solver-weights", type=click.Choice(["auto", "none", "abs", "square", "llama", "importance"]),
               default=None, help="hqq2gguf's objective weights (recorded in the results; default: the command "
                                  "line's, importance with an imatrix or calibration text, else auto)")
-@click.option("--calibration", default="none", show_default=True,
-              help="hqq2gguf's --calibration (self, none or a text file; recorded in the results)")
+@click.option("--calibration", default="auto", show_default=True,
+              help="hqq2gguf's --calibration (auto: the product's default; self, none or a text file; recorded)")
 @click.option("--importance", type=click.Choice(["none", "norms", "derived"]), default="none",
               show_default=True,
               help="hqq2gguf's data-free column importance (recorded in the results)")
@@ -280,19 +286,21 @@ def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
               help="an earlier results JSON of the same reference and chunks: its rows for (recipe, quantizer) "
                    "pairs not run now are carried over (e.g. llama.cpp's side, which does not change); "
                    "repeatable, a later file's row replacing an earlier one's")
+@click.option("--held-out-from", type=int, default=None,
+              help="also report the paired ratio over chunks K..N-1 alone: chunks never looked at while tuning")
 @click.option("--only-missing", is_flag=True,
               help="with --keep-rows: carry every kept row and run only the (recipe, quantizer) pairs they lack")
 def main(reference: Path, name: str, recipes: str, n_chunks: int, n_ctx: int, corpus: Path, n_threads: int,
          dither_seed: int, workdir: Path, out_dir: Path, quantizers: str, solver_weights: str | None,
          calibration: str, importance: str, imatrix: Path | None, llama_quantize: Path | None, keep_rows: tuple[Path, ...],
-         only_missing: bool) -> None:
+         only_missing: bool, held_out_from: int | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     text = corpus.read_bytes()
     cache = workdir / f"{reference.stem}.c{n_ctx}.n{n_chunks}.logits"
     doc = {"name": name, "reference": str(reference), "dither_seed": dither_seed, "corpus": str(corpus),
            "n_ctx": n_ctx, "n_chunks": n_chunks, "n_threads": n_threads, "solver_weights": solver_weights,
            "importance": importance, "imatrix": None if imatrix is None else str(imatrix),
-           "calibration": calibration,
+           "calibration": calibration, "held_out_from": held_out_from,
            "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "code": code_version(),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "rows": []}
     _, ref_ppl = reference_cache(reference, text, cache, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads)
