@@ -19,7 +19,7 @@ from hqq2gguf.calibrate import SelfText, collect_activations
 from hqq2gguf.cli import main
 from hqq2gguf.convert import convert
 from hqq2gguf.imatrix import make_imatrix
-from hqq2gguf.errors import OptionError, OutputError
+from hqq2gguf.errors import InputError, OptionError, OutputError
 from hqq2gguf.options import Calibration, ConvertOptions, OutType
 from hqq2gguf.recipes import Recipe
 from hqq2gguf.runtime.validate import builtin_corpus
@@ -195,3 +195,39 @@ def test_default_calibration_resolution() -> None:
     assert not ConvertOptions.from_args(recipe="Q4_K_M", imatrix=Path("x.gguf")).calibrated
     with pytest.raises(OptionError, match="--save-calibration"):
         ConvertOptions.from_args(recipe="Q8_0", save_calibration=Path("t.txt"))
+
+
+def test_ctrl_c_during_calibration_leaves_nothing(tiny_model_dir: Callable[[str], Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C lands in llama.cpp's eval callback (Python code called from C, which must not unwind through it):
+    it is carried out and raised as KeyboardInterrupt (the CLI's exit 130), not reported as an input error, and
+    neither the output nor the temporary F16 GGUF of the HF input is left behind."""
+    import tempfile
+
+    from hqq2gguf.calibrate.collect import ImatrixCollector
+
+    calls = []
+
+    def interrupted(self: ImatrixCollector, t: object) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImatrixCollector, "_collect", interrupted)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "m.gguf"
+    with pytest.raises(KeyboardInterrupt):
+        convert(tiny_model_dir("llama2"), ConvertOptions.from_args(recipe="Q4_0", calibration="self", output=out))
+    assert len(calls) == 5  # stopped at the interrupt, not after the batch
+    assert not out.exists() and list(scratch.iterdir()) == []
+
+
+def test_a_vocabulary_with_no_plain_token_is_refused_with_the_way_out(tiny_f16: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from hqq2gguf.calibrate.llama_run import LlamaRunner
+
+    monkeypatch.setattr(LlamaRunner, "plain_tokens", lambda self: np.array([], dtype=np.int32))
+    with pytest.raises(InputError, match="--calibration FILE"):
+        collect_activations(tiny_f16, SelfText(n_sequences=2, n_tokens=8, batch=2))

@@ -111,13 +111,16 @@ def _while_writing(model: Path, cfg: SelfText, threads: int | None,
 
 
 def _check(collector: ImatrixCollector, model: Path) -> None:
+    """Raise what the eval callback caught (it must not unwind through C): Ctrl-C stays Ctrl-C."""
+    if isinstance(collector.error, KeyboardInterrupt):
+        raise KeyboardInterrupt
     if collector.error is not None:
         raise InputError(f"cannot collect activations: {collector.error}", file=model)
 
 
 def generate_text(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] = lambda: None) -> tuple[str, int]:
     """The model's own text: ``cfg.n_sequences`` sequences, separated by blank lines, and the number of tokens
-    the model read while writing them (``check`` runs after every batch of sequences)."""
+    the model read while writing them (``check`` runs after every decoding step)."""
     rng = np.random.default_rng(cfg.seed)
     plain = llm.plain_tokens()
     if plain.size == 0:
@@ -126,13 +129,16 @@ def generate_text(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] 
     starts = rng.choice(plain, size=cfg.n_sequences)
     texts, n_before = [], llm.n_decoded
     with Progress(cfg.n_sequences * cfg.n_tokens, "calibration: writing") as progress:
+        def step(n: int) -> None:
+            check()
+            progress.update(n)
+
         for first in range(0, cfg.n_sequences, cfg.batch):
             group = range(first, min(first + cfg.batch, cfg.n_sequences))
             prompts = [([llm.bos] if llm.add_bos else []) + [int(starts[i])] for i in group]
             temps = [cfg.temperatures[i % len(cfg.temperatures)] for i in group]
             seqs = llm.generate(prompts, cfg.n_tokens, temps, rng, greedy_first=cfg.greedy_first,
-                                progress=progress.update)
-            check()
+                                progress=step)
             for prompt, seq in zip(prompts, seqs):
                 body = seq[len(prompt) - 1:]  # the start token, then what the model wrote
                 texts.append(b"".join(llm.piece(t) for t in body).decode("utf-8", errors="replace"))
