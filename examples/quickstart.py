@@ -5,6 +5,7 @@
 2. convert it to an F16 GGUF with hqq2gguf (the reference),
 3. compare the F16 GGUF's logits in llama-cpp-python with the transformers model's on the same tokens,
 4. convert it to Q4_K_M with hqq2gguf: llama.cpp's per-tensor types, every block chosen by the HQQ solver,
+   weighted by llama.cpp's activation statistics of 1,024 tokens the model writes itself (the default),
 5. validate the Q4_K_M file against the F16 one (structure, then KL-divergence / top-1 / PPL as
    llama-perplexity computes them, on the built-in corpus) and print the table,
 6. answer a chat prompt with the Q4_K_M file through its embedded chat template, streamed.
@@ -86,7 +87,8 @@ def main(workdir: Path, prompt: str) -> None:
     rel, top1, diff = compare_logits(hf_dir, result.path)
     click.echo(f"max |Δlogit| = {diff:.4f} ({rel:.2e} of the largest logit), top-1 agreement {top1:.1%}")
 
-    click.echo("== 4. quantize with hqq2gguf (Q4_K_M: llama.cpp's per-tensor types, HQQ-optimized blocks)")
+    click.echo("== 4. quantize with hqq2gguf (Q4_K_M: llama.cpp's per-tensor types, HQQ-optimized blocks, "
+               "importance from the model's own text)")
     quant = convert(hf_dir, ConvertOptions(recipe=Recipe.parse("Q4_K_M"),
                                            output=workdir / "SmolLM2-135M-Instruct-Q4_K_M.gguf", force=True))
     click.echo(f"wrote {quant.path} ({quant.nbytes / 2**20:.1f} MiB, {quant.n_tensors} tensors, "
