@@ -10,12 +10,14 @@ Markers (registered in pyproject.toml):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import oracle
 import pytest
 import tiny_models
+
+from hqq2gguf.options import SELF_CALIBRATED as PRODUCT_SELF_CALIBRATED
 
 
 #: Fixtures that build models (tiny HF models; test_recipes' GGUFs, which llama-quantize then reads), run
@@ -31,15 +33,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(autouse=True)
-def _default_calibration_off(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def _default_calibration_off() -> Iterator[None]:
     """Quantizing calibrates on the model's own text by default (options.SELF_CALIBRATED); in-process tests of
-    everything else quantize without it (the bytes they pin were made so, and it saves seconds per conversion).
-    Tests marked ``default_calibration`` see the product's default. Subprocesses always do."""
-    if request.node.get_closest_marker("default_calibration") is None:
+    everything else, and the module- and session-wide fixtures they share, quantize without it (the bytes they
+    pin were made so, and it saves seconds per conversion). Subprocesses always see the default."""
+    import hqq2gguf.options
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hqq2gguf.options, "SELF_CALIBRATED", frozenset())
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _default_calibration_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests marked ``default_calibration`` see the product's default."""
+    if request.node.get_closest_marker("default_calibration") is not None:
         import hqq2gguf.options
 
-        monkeypatch.setattr(hqq2gguf.options, "SELF_CALIBRATED", frozenset())
+        monkeypatch.setattr(hqq2gguf.options, "SELF_CALIBRATED", PRODUCT_SELF_CALIBRATED)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
