@@ -9,6 +9,7 @@ from typing import Iterator
 
 import gguf
 
+from hqq2gguf.read.gguf_header import GgufField
 from hqq2gguf.read.gguf_in import open_gguf
 from hqq2gguf.read.hf_dir import open_hf_dir
 
@@ -45,7 +46,7 @@ def _describe_gguf(path: Path, tensors: bool) -> Iterator[str]:
             yield f"  {t.name:<40} {gguf.GGMLQuantizationType(t.tensor_type).name:<6} {shape:<20} {int(t.n_bytes):>12,} B"
 
 
-def _short(field: gguf.ReaderField) -> str:
+def _short(field: GgufField) -> str:
     value = field.contents()
     if isinstance(value, list):
         head = ", ".join(repr(v) for v in value[:5])

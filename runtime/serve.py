@@ -70,9 +70,9 @@ def check_port_free(host: str, port: int) -> None:
 def chat_format(path: Path) -> str | None:
     """The GGUF's own template when it has one (llama-cpp-python would otherwise swap a template it recognises
     for its built-in approximation); None, with a warning, when it has none."""
-    import gguf
+    from hqq2gguf.read.gguf_reader import GgufReader
 
-    if gguf.GGUFReader(path).get_field(CHAT_TEMPLATE_KEY) is not None:
+    if GgufReader(path).get_field(CHAT_TEMPLATE_KEY) is not None:
         return GGUF_TEMPLATE_FORMAT
     logger.warning("%s has no %s: llama-cpp-python guesses a chat format, which this model may not have been "
                    "trained on", path, CHAT_TEMPLATE_KEY)

@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from hqq2gguf.errors import InputError
-from hqq2gguf.read.gguf_header import validate_gguf_header
+from hqq2gguf.read.gguf_reader import GgufReader
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,9 @@ def read_imatrix(path: Path) -> Importance:
 
 
 def _read_gguf_imatrix(path: Path) -> dict[str, np.ndarray]:
-    validate_gguf_header(path)  # bounded: counts, lengths and offsets checked against the file size first
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # gguf-py raises bare ValueError/struct errors on damaged files
+    try:  # bounded: counts, lengths and offsets checked against the file size first
+        reader = GgufReader(path)
+    except (ValueError, OSError) as e:
         raise InputError(f"not a readable GGUF imatrix ({e})", file=path) from None
     sums, counts = {}, {}
     for t in reader.tensors:

@@ -1,4 +1,4 @@
-"""Validate a GGUF file's header with bounded reads, before ``gguf.GGUFReader`` maps it.
+"""Read a GGUF file's header with bounded reads: metadata values, tensor table, data spans, all validated.
 
 Layout of a GGUF v2/v3 file (integers little-endian)::
 
@@ -12,7 +12,9 @@ Layout of a GGUF v2/v3 file (integers little-endian)::
 gguf.GGUFReader trusts every count: a header claiming 2^60 KV pairs makes it loop, a string length past
 the end of the file ends in a numpy reshape error, a duplicate key in a KeyError. Here every count and
 length is checked against the bytes left in the file before it is used, so a hostile or truncated file
-costs no memory and yields one line naming the file, the key or tensor, and the reason.
+costs no memory and yields one line naming the file, the key or tensor, and the reason. It is also fast:
+gguf.GGUFReader builds numpy views per array item and takes ~10 s on a 49k-token vocabulary (~30 s on
+Qwen's 151k), this reads the same metadata in well under a second (:mod:`hqq2gguf.read.gguf_reader`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
+import numpy as np
 
 from hqq2gguf.errors import InputError, UnsupportedError
 
@@ -40,6 +44,8 @@ _RESERVED_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
 
 _SCALAR_SIZES = {V.UINT8: 1, V.INT8: 1, V.UINT16: 2, V.INT16: 2, V.UINT32: 4, V.INT32: 4, V.FLOAT32: 4,
                  V.BOOL: 1, V.UINT64: 8, V.INT64: 8, V.FLOAT64: 8}
+_NUMPY = {V.UINT8: "<u1", V.INT8: "<i1", V.UINT16: "<u2", V.INT16: "<i2", V.UINT32: "<u4", V.INT32: "<i4",
+          V.FLOAT32: "<f4", V.BOOL: "?", V.UINT64: "<u8", V.INT64: "<i8", V.FLOAT64: "<f8"}
 _MIN_VALUE_BYTES = 1  # the smallest value: a u8/i8/bool
 _MIN_KV_BYTES = 8 + 4 + _MIN_VALUE_BYTES  # key length, value type, value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
@@ -56,12 +62,27 @@ class GgufTensorSpan:
 
 
 @dataclass(frozen=True)
+class GgufField:
+    """One metadata pair, as gguf.GGUFReader describes it: ``types`` is ``[type]`` for a scalar or string and
+    ``[ARRAY, item type, ...]`` for an array (the first item's types; just ``[ARRAY]`` when empty); ``value``
+    is the Python value, an array's items flattened into one list (GGUFReader's ``contents()``)."""
+
+    name: str
+    types: tuple[gguf.GGUFValueType, ...]
+    value: Any
+
+    def contents(self) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True)
 class GgufLayout:
     version: int
     n_kv: int
     alignment: int
     data_start: int
     tensors: tuple[GgufTensorSpan, ...]
+    fields: tuple[GgufField, ...] = ()
 
 
 class _Cursor:
@@ -131,7 +152,8 @@ def _parse(cur: _Cursor) -> GgufLayout:
                                f"{' and '.join(map(str, SUPPORTED_VERSIONS))})", file=cur.path)
     n_tensors = cur.u64("tensor count")
     n_kv = cur.count("metadata key/value pairs", _MIN_KV_BYTES)
-    alignment = _parse_kv(cur, n_kv)
+    fields = _parse_kv(cur, n_kv)
+    alignment = _alignment(cur, fields)
     room = (cur.size - cur.pos) // _MIN_TENSOR_INFO_BYTES
     if n_tensors > room:
         raise cur.fail(f"header claims {n_tensors} tensors but the {cur.size - cur.pos} bytes left in the "
@@ -140,13 +162,13 @@ def _parse(cur: _Cursor) -> GgufLayout:
     data_start = -(-cur.pos // alignment) * alignment
     spans = tuple(_check_data(cur, info, data_start, alignment) for info in _unique(cur, infos))
     _check_overlaps(cur, spans)
-    return GgufLayout(version, n_kv, alignment, data_start, spans)
+    return GgufLayout(version, n_kv, alignment, data_start, spans, tuple(fields))
 
 
-def _parse_kv(cur: _Cursor, n_kv: int) -> int:
-    """Walk the metadata; return general.alignment (validated) or the default."""
+def _parse_kv(cur: _Cursor, n_kv: int) -> list[GgufField]:
+    """Every metadata pair, in file order, values read."""
     seen: set[str] = set(_RESERVED_KEYS)
-    alignment = DEFAULT_ALIGNMENT
+    fields = []
     for _ in range(n_kv):
         key = cur.string("metadata key")
         if key in seen:
@@ -154,15 +176,21 @@ def _parse_kv(cur: _Cursor, n_kv: int) -> int:
                            else f"metadata key {key!r} is reserved")
         seen.add(key)
         vtype = _value_type(cur, cur.u32(f"type of {key!r}"), key)
-        if key == ALIGNMENT_KEY:
-            if vtype != V.UINT32:
-                raise cur.fail(f"{ALIGNMENT_KEY} has type {vtype.name}, expected UINT32")
-            alignment = cur.u32(ALIGNMENT_KEY)
-            if alignment == 0 or alignment & (alignment - 1):
-                raise cur.fail(f"{ALIGNMENT_KEY} is {alignment}, not a power of two")
-            continue
-        _skip_value(cur, vtype, key, depth=0)
-    return alignment
+        types, value = _read_value(cur, vtype, key, depth=0)
+        fields.append(GgufField(key, types, value))
+    return fields
+
+
+def _alignment(cur: _Cursor, fields: list[GgufField]) -> int:
+    """general.alignment (validated) or the default."""
+    field = next((f for f in fields if f.name == ALIGNMENT_KEY), None)
+    if field is None:
+        return DEFAULT_ALIGNMENT
+    if field.types != (V.UINT32,):
+        raise cur.fail(f"{ALIGNMENT_KEY} has type {field.types[0].name}, expected UINT32")
+    if field.value == 0 or field.value & (field.value - 1):
+        raise cur.fail(f"{ALIGNMENT_KEY} is {field.value}, not a power of two")
+    return field.value
 
 
 def _value_type(cur: _Cursor, raw: int, key: str) -> gguf.GGUFValueType:
@@ -172,23 +200,62 @@ def _value_type(cur: _Cursor, raw: int, key: str) -> gguf.GGUFValueType:
         raise cur.fail(f"metadata key {key!r} has unknown value type {raw}") from None
 
 
-def _skip_value(cur: _Cursor, vtype: gguf.GGUFValueType, key: str, depth: int) -> None:
+def _read_value(cur: _Cursor, vtype: gguf.GGUFValueType, key: str,
+                depth: int) -> tuple[tuple[gguf.GGUFValueType, ...], Any]:
     if vtype in _SCALAR_SIZES:
-        cur.take(_SCALAR_SIZES[vtype], f"value of {key!r}")
-    elif vtype == V.STRING:
-        n = cur.u64(f"length of {key!r}")
-        cur.take(n, f"string value of {key!r}")
-    else:  # ARRAY
-        if depth >= MAX_ARRAY_DEPTH:
-            raise cur.fail(f"metadata key {key!r} nests arrays deeper than {MAX_ARRAY_DEPTH}")
-        item = _value_type(cur, cur.u32(f"array item type of {key!r}"), key)
-        min_item = _SCALAR_SIZES.get(item, 8 if item == V.STRING else 4 + 8)
-        n = cur.count(f"items in array {key!r}", min_item)
-        if item in _SCALAR_SIZES:
-            cur.take(n * _SCALAR_SIZES[item], f"array {key!r}")
-            return
-        for _ in range(n):
-            _skip_value(cur, item, key, depth + 1)
+        start = cur.take(_SCALAR_SIZES[vtype], f"value of {key!r}")
+        return (vtype,), np.frombuffer(cur.buf, _NUMPY[vtype], 1, start).tolist()[0]
+    if vtype == V.STRING:
+        return (vtype,), _decode(cur, _read_bytes(cur, f"string value of {key!r}"), key)
+    if depth >= MAX_ARRAY_DEPTH:
+        raise cur.fail(f"metadata key {key!r} nests arrays deeper than {MAX_ARRAY_DEPTH}")
+    item = _value_type(cur, cur.u32(f"array item type of {key!r}"), key)
+    min_item = _SCALAR_SIZES.get(item, 8 if item == V.STRING else 4 + 8)
+    n = cur.count(f"items in array {key!r}", min_item)
+    if item in _SCALAR_SIZES:
+        start = cur.take(n * _SCALAR_SIZES[item], f"array {key!r}")
+        return (vtype, item) if n else (vtype,), np.frombuffer(cur.buf, _NUMPY[item], n, start).tolist()
+    if item == V.STRING:
+        return (vtype, item) if n else (vtype,), [_decode(cur, b, key) for b in _string_items(cur, n, key)]
+    types: tuple[gguf.GGUFValueType, ...] = (vtype,)
+    values: list[Any] = []
+    for i in range(n):  # arrays of arrays: flattened, as gguf.GGUFReader's contents() gives them
+        item_types, value = _read_value(cur, item, key, depth + 1)
+        types = (vtype, *item_types) if i == 0 else types
+        values += value
+    return types, values
+
+
+def _read_bytes(cur: _Cursor, what: str) -> bytes:
+    n = cur.u64(f"length of {what}")
+    start = cur.take(n, what)
+    return bytes(cur.buf[start:start + n])
+
+
+def _string_items(cur: _Cursor, n: int, key: str) -> list[bytes]:
+    """``n`` length-prefixed strings (a vocabulary: the hot loop, kept free of method calls)."""
+    buf, pos, size, out = cur.buf, cur.pos, cur.size, []
+    unpack = struct.Struct("<Q").unpack_from
+    for i in range(n):
+        if pos + 8 > size:
+            cur.pos = pos
+            raise cur.fail(f"truncated GGUF: item {i} of array {key!r} at offset {pos} runs past the end")
+        (length,) = unpack(buf, pos)
+        pos += 8
+        if length > size - pos:
+            raise cur.fail(f"truncated GGUF: item {i} of array {key!r} needs {length} bytes at offset {pos}, "
+                           f"the file has {size}")
+        out.append(buf[pos:pos + length])
+        pos += length
+    cur.pos = pos
+    return out
+
+
+def _decode(cur: _Cursor, raw: bytes, key: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise cur.fail(f"a string of metadata key {key!r} is not valid UTF-8 (byte {e.start})") from None
 
 
 @dataclass(frozen=True)

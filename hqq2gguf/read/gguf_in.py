@@ -17,7 +17,7 @@ import torch
 
 from hqq2gguf import PROVENANCE_PREFIX
 from hqq2gguf.errors import InputError, OptionError
-from hqq2gguf.read.gguf_header import validate_gguf_header
+from hqq2gguf.read.gguf_reader import GgufReader, GgufTensor
 from hqq2gguf.read.gguf_split import SPLIT_KEYS, check_set, split_parts
 from hqq2gguf.read.hf_dir import SourceTensor
 
@@ -34,7 +34,7 @@ _REWRITTEN_KEYS = {gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.QUANTIZED_B
 @dataclass
 class GgufInput:
     path: Path
-    reader: gguf.GGUFReader
+    reader: GgufReader
     arch: str
     tensors: dict[str, SourceTensor]
     source_types: dict[str, gguf.GGMLQuantizationType]
@@ -101,16 +101,13 @@ def open_gguf(path: Path, *, allow_requantize: bool) -> GgufInput:
     return GgufInput(path, reader, str(arch.contents()), tensors, types, tuple(parts) if len(parts) > 1 else ())
 
 
-def _read(path: Path) -> gguf.GGUFReader:
-    """The header is validated with bounded reads first (gguf_header): gguf.GGUFReader trusts its counts."""
+def _read(path: Path) -> GgufReader:
+    """Metadata and tensor table read with bounded reads (hqq2gguf.read.gguf_header); tensors memory-mapped."""
     if not path.is_file():
         raise InputError("no such file", file=path)
-    validate_gguf_header(path)
     try:
-        return gguf.GGUFReader(path, "r")
-    except KeyError as e:  # the reader raises KeyError for duplicate keys
-        raise InputError(f"corrupt GGUF: {e.args[0] if e.args else e}", file=path) from e
-    except (ValueError, IndexError, OverflowError, OSError, MemoryError) as e:
+        return GgufReader(path)
+    except (ValueError, OSError, MemoryError) as e:
         raise InputError(f"corrupt or truncated GGUF: {e}", file=path) from e
 
 
@@ -119,7 +116,7 @@ def _torch_dtype(qtype: gguf.GGMLQuantizationType) -> torch.dtype:
             Q.I32: torch.int32, Q.I64: torch.int64, Q.F64: torch.float64}.get(qtype, torch.float32)
 
 
-def _loader(path: Path, t: gguf.ReaderTensor, qtype: gguf.GGMLQuantizationType, shape: tuple[int, ...]):
+def _loader(path: Path, t: GgufTensor, qtype: gguf.GGMLQuantizationType, shape: tuple[int, ...]):
     def load() -> torch.Tensor:
         data = np.asarray(t.data)
         if qtype == Q.BF16:

@@ -14,6 +14,7 @@ from pathlib import Path
 import gguf
 
 from hqq2gguf.errors import InputError
+from hqq2gguf.read.gguf_reader import GgufReader
 
 SPLIT_KEYS = (gguf.Keys.Split.LLM_KV_SPLIT_NO, gguf.Keys.Split.LLM_KV_SPLIT_COUNT,
               gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT)
@@ -25,7 +26,7 @@ def part_name(prefix: str, no: int, count: int) -> str:
     return f"{prefix}-{no:05d}-of-{count:05d}.gguf"
 
 
-def _int_field(reader: gguf.GGUFReader, key: str) -> int | None:
+def _int_field(reader: GgufReader, key: str) -> int | None:
     field = reader.get_field(key)
     if field is None:
         return None
@@ -33,7 +34,7 @@ def _int_field(reader: gguf.GGUFReader, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
-def split_parts(path: Path, reader: gguf.GGUFReader) -> list[Path]:
+def split_parts(path: Path, reader: GgufReader) -> list[Path]:
     """All parts of the set whose first part is ``path`` (``[path]`` for an unsplit file); one line of error
     when ``path`` is not the first part, its name breaks llama.cpp's rule, or a part is missing."""
     count = _int_field(reader, gguf.Keys.Split.LLM_KV_SPLIT_COUNT)
@@ -58,7 +59,7 @@ def split_parts(path: Path, reader: gguf.GGUFReader) -> list[Path]:
     return parts
 
 
-def check_part(reader: gguf.GGUFReader, part: Path, index: int, count: int) -> None:
+def check_part(reader: GgufReader, part: Path, index: int, count: int) -> None:
     """Part ``index`` (0-based) must say it is that part of a set of ``count``: otherwise it belongs to another
     set (a foreign file under the expected name)."""
     no = _int_field(reader, gguf.Keys.Split.LLM_KV_SPLIT_NO)
@@ -69,7 +70,7 @@ def check_part(reader: gguf.GGUFReader, part: Path, index: int, count: int) -> N
                          "belongs to another split set", file=part)
 
 
-def check_set(first: gguf.GGUFReader, readers: list[gguf.GGUFReader], parts: list[Path]) -> None:
+def check_set(first: GgufReader, readers: list[GgufReader], parts: list[Path]) -> None:
     """The set's tensors are each in one part, and add up to the first part's ``split.tensors.count``."""
     if len(parts) == 1:
         return

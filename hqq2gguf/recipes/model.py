@@ -111,8 +111,10 @@ def _first(value: Any) -> int:
 
 def read_gguf_model(path: str | Path) -> tuple[ModelInfo, list[TensorInfo]]:
     """The model info and tensor list of a GGUF file (header only; no tensor data is read)."""
+    from hqq2gguf.read.gguf_reader import GgufReader
+
     try:
-        reader = gguf.GGUFReader(path)
+        reader = GgufReader(path)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read GGUF: {e}", file=path) from e
     kv = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
