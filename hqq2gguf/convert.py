@@ -1,9 +1,12 @@
-"""The pipeline, top to bottom: read -> calibrate -> plan -> encode -> write, one tensor in memory at a time.
+"""The pipeline, top to bottom: read -> calibrate -> allocate -> plan -> encode -> write, one tensor in memory at
+a time.
 
     source = open_source(input, options)            # read: validated, lazy; names, shapes, hyper-parameters
     with runnable_model(source, options) as runnable:   # calibrate: per-column importance for the solver (an
         importance = column_importance(source, options, runnable)   # imatrix, text llama.cpp reads, a proxy)
-    plan = make_plan(source, options)               # plan: every output tensor's type, known up front
+    allocation = allocate(source, options, importance)   # allocate (only with a byte budget): each matrix's
+                                                         # type by the solver's measured error, or None
+    plan = make_plan(source, options, allocation.types())   # plan: every output tensor's type, known up front
     out = GgufFile.start(arch, plan)                # write: tensor infos, then the KV pairs
     out.write(path, each tensor: load -> transform -> encode_tensor -> bytes)
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hqq2gguf.allocate import Allocation, allocate
 from hqq2gguf.calibrate import Importance, column_importance
 from hqq2gguf.encode import encode_tensor
 from hqq2gguf.options import ConvertOptions, Device, OutType
@@ -41,6 +45,8 @@ class ConvertResult:
     seconds: float
     parts: tuple[Path, ...] = ()
     """Every part of a split output, in order (empty for one file)."""
+    allocation: Allocation | None = None
+    """The types chosen within a byte budget (``--target-size``, ``--target-bpw``, ``--allocate``), or None."""
 
 
 def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
@@ -61,12 +67,14 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
         check_output_path(explicit, force=options.force)
     with runnable_model(source, options) as runnable:
         importance = column_importance(source, options, runnable)
-    plan = make_plan(source, options)
+    allocation = allocate(source, options, importance)
+    plan = make_plan(source, options, allocation.types() if allocation is not None else None)
 
     out = GgufFile.start(source.arch, plan, split_max_tensors=options.split_max_tensors,
                          split_max_size=options.split_max_size)
     names = source.write_metadata(out.writer)
-    write_provenance(out.writer, source.kind, options, plan, importance.provenance)
+    write_provenance(out.writer, source.kind, options, plan, importance.provenance,
+                     allocation.provenance() if allocation is not None else None)
     path = output_path(input_path, options, names)
     paths = out.paths(path)
     for part in paths:
@@ -75,7 +83,7 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
     seconds = time.perf_counter() - start
     logger.info("wrote %s in %.1f s", paths[0] if len(paths) == 1 else f"{len(paths)} parts {paths[0]}...", seconds)
     return ConvertResult(paths[0], len(plan.tensors), sum(p.stat().st_size for p in paths), seconds,
-                         tuple(paths) if len(paths) > 1 else ())
+                         tuple(paths) if len(paths) > 1 else (), allocation)
 
 
 def out_split(options: ConvertOptions) -> bool:

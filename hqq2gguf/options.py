@@ -140,6 +140,28 @@ def parse_split_size(text: str) -> int:
     return int(digits) * factor
 
 
+#: The recipe an allocation without ``--type`` starts from: its general.file_type, calibration default and the
+#: types of the tensors the allocator does not choose (norms stay F32 whatever it is).
+ALLOCATION_BASE = Recipe.Q4_K_M
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
+               "T": 1000**4, "TB": 1000**4, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``--target-size``: bytes, or a number with a unit (``4.2GB``, ``3.9GiB``, ``500M``; K/M/G/T and KB/MB/GB/TB
+    are powers of 1000, KiB/MiB/GiB/TiB powers of 1024), rounded down to whole bytes."""
+    number = text.strip().rstrip("BbIiKkMmGgTt")
+    unit = text.strip()[len(number):].strip().upper()
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise OptionError(f"--target-size must be bytes or a size such as 4.2GB or 3.9GiB, got {text!r}") from None
+    if not (value >= 1 and value < 2**63):
+        raise OptionError(f"--target-size must be a size from 1 byte up, got {text!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
     """Everything that decides the output bytes (and where they go)."""
@@ -189,8 +211,18 @@ class ConvertOptions:
     (given as a string: bytes, or a number followed by K, M or G, powers of 1000); 0: no limit."""
     split_max_tensors: int = 0
     """Split the output into parts of at most this many tensors (``--split-max-tensors``); 0: no limit."""
+    target_size: int | None = None
+    """Choose every weight matrix's type by measured error so that the tensor data takes at most this many bytes
+    in the file (``--target-size``; a string such as ``4.2GB`` is parsed by :func:`parse_size`)."""
+    target_bpw: float | None = None
+    """As ``target_size``, the budget given in bits per weight over all tensors (``--target-bpw``)."""
+    allocate: bool = False
+    """As ``target_size``, with the recipe's own bytes as the budget (``--type RECIPE --allocate``): the file is
+    no larger than the recipe's."""
 
     def __post_init__(self) -> None:
+        if self.recipe is None and (self.target_size is not None or self.target_bpw is not None):
+            object.__setattr__(self, "recipe", ALLOCATION_BASE)
         if not isinstance(self.outtype, OutType):
             raise OptionError(f"outtype must be one of {[t.value for t in OutType]}, got {self.outtype!r}")
         if self.recipe is not None and not isinstance(self.recipe, Recipe):
@@ -226,6 +258,7 @@ class ConvertOptions:
         if self.recipe is None and dataclasses.replace(self.quant, has_imatrix=False) != QuantOptions():
             raise OptionError("per-tensor type options need --type (or --bits)")
         self._check_split_and_revision()
+        self._check_allocation()
 
     def _check_split_and_revision(self) -> None:
         if isinstance(self.split_max_size, str):
@@ -239,13 +272,28 @@ class ConvertOptions:
         if self.revision is not None and not self.revision.strip():
             raise OptionError("--revision must not be empty")
 
+    def _check_allocation(self) -> None:
+        if isinstance(self.target_size, str):
+            object.__setattr__(self, "target_size", parse_size(self.target_size))
+        if sum((self.target_size is not None, self.target_bpw is not None, self.allocate)) > 1:
+            raise OptionError("--target-size, --target-bpw and --allocate are exclusive")
+        size = self.target_size
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise OptionError(f"--target-size must be a whole number of bytes >= 1, got {self.target_size!r}")
+        bpw = self.target_bpw
+        if bpw is not None and (isinstance(bpw, bool) or not isinstance(bpw, (int, float)) or not 0 < bpw < 64):
+            raise OptionError(f"--target-bpw must be a number of bits per weight above 0, got {bpw!r}")
+        if self.allocate and self.recipe is None:
+            raise OptionError("--allocate re-allocates a recipe's bytes: give --type (or --bits)")
+
     @classmethod
     def from_args(cls, *, recipe: str | None = None, bits: str | int | None = None, outtype: str = "f16",
                   output_tensor_type: str | None = None, keep_lm_head_fp16: bool = False,
                   token_embedding_type: str | None = None, tensor_type: Sequence[str] = (), pure: bool = False,
                   leave_output_tensor: bool = False, imatrix: Path | None = None, importance: str = "none",
                   device: str = "cpu", solver_weights: str | None = None, solver_iterations: int | None = None,
-                  calibration: str = "auto", **kwargs: Any) -> ConvertOptions:
+                  calibration: str = "auto", target_size: str | int | None = None,
+                  target_bpw: float | None = None, **kwargs: Any) -> ConvertOptions:
         """Options from the command line's words (``hqq2gguf convert``'s options, one keyword each), with its
         shorthands resolved: ``bits`` for ``recipe``, ``keep_lm_head_fp16`` for ``output_tensor_type="F16"``,
         ``solver_weights`` defaulting to ``importance`` with an imatrix. Every conflict is an OptionError,
@@ -260,6 +308,8 @@ class ConvertOptions:
             output_tensor_type = "F16"
         chosen = recipe or (BITS_RECIPES[str(bits)] if bits is not None else None)
         parsed = Recipe.parse(chosen) if chosen else None
+        if parsed is None and (target_size is not None or target_bpw is not None):
+            parsed = ALLOCATION_BASE
         calib = Calibration(calibration) if calibration in {c.value for c in Calibration} else Path(calibration)
         calib = resolve_calibration(calib, parsed, imatrix, _parse(ImportanceSource, importance, "--importance"))
         text = calib is not Calibration.NONE and imatrix is None
@@ -273,7 +323,13 @@ class ConvertOptions:
         return cls(outtype=_parse(OutType, outtype, "--outtype"), recipe=parsed,
                    quant=quant, solver=solver, imatrix=imatrix,
                    importance=_parse(ImportanceSource, importance, "--importance"),
-                   device=_parse(Device, device, "--device"), calibration=calib, **kwargs)
+                   device=_parse(Device, device, "--device"), calibration=calib, target_size=target_size,
+                   target_bpw=target_bpw, **kwargs)
+
+    @property
+    def allocating(self) -> bool:
+        """Whether the weight matrices' types are allocated within a budget (hqq2gguf.allocate)."""
+        return self.allocate or self.target_size is not None or self.target_bpw is not None
 
     @property
     def calibrated(self) -> bool:

@@ -9,7 +9,8 @@ tensors one at a time in exactly the planned order. Types come in two layers:
   tensors stay F32 whatever the requested type; everything else that ends in ``.weight`` gets the
   requested type, or F16 where its rows are not whole blocks of it;
 * with a recipe (``--type Q4_K_M``), llama-quantize's per-tensor choice on top (:mod:`hqq2gguf.recipes`),
-  as if the plain conversion's file were given to llama-quantize, with the user's overrides.
+  as if the plain conversion's file were given to llama-quantize, with the user's overrides;
+* with an allocation (:mod:`hqq2gguf.allocate`), its types last, as ``--tensor-type NAME=TYPE`` would set them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import gguf
@@ -58,14 +60,21 @@ class Plan:
         return sorted({t.out_type.name for t in self.tensors})
 
 
-def make_plan(source: Source, options: ConvertOptions) -> Plan:
-    """The plan of converting ``source`` as ``options`` ask: plain conversion types, then the recipe's."""
+def make_plan(source: Source, options: ConvertOptions,
+              allocated: Mapping[str, gguf.GGMLQuantizationType] | None = None) -> Plan:
+    """The plan of converting ``source`` as ``options`` ask: plain conversion types, then the recipe's, then
+    the ``allocated`` types (by tensor name; each already one whose block divides the tensor's rows)."""
     planned = [PlannedTensor(out.name, out.shape, plain_type(out, source.weight_type)) for out in source.outputs]
     _check_unique(source, planned)
     if options.recipe is not None:
         types = plan_types([(t.name, t.shape, t.out_type) for t in planned], ModelInfo.from_metadata(source.hparams),
                            options.recipe, options.quant)
+        types |= allocated or {}
         planned = [dataclasses.replace(t, out_type=types[t.name]) for t in planned]
+    for t in planned:
+        if allocated and t.name in allocated and t.shape[-1] % gguf.GGML_QUANT_SIZES[t.out_type][0]:
+            raise InputError(f"allocated {t.out_type.name} does not divide rows of {t.shape[-1]} (internal error)",
+                             tensor=t.name)
     return Plan(tuple(planned))
 
 

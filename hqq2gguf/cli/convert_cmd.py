@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hqq2gguf.cli.errors import clean_errors
 from hqq2gguf.options import BITS_RECIPES
+
+if TYPE_CHECKING:
+    from hqq2gguf.allocate import Allocation
+    from hqq2gguf.options import ConvertOptions
 
 
 @click.command()
@@ -72,6 +78,15 @@ from hqq2gguf.options import BITS_RECIPES
                    "<name>-00001-of-0000N.gguf, as llama.cpp's converter does; give llama.cpp the first part.")
 @click.option("--split-max-tensors", type=int, default=0, metavar="N",
               help="Split the output into parts of at most N tensors (as llama.cpp's converter).")
+@click.option("--target-size", default=None, metavar="SIZE",
+              help="Choose every weight matrix's type by the solver's measured error so that the tensor data takes "
+                   "at most SIZE in the file: bytes, or e.g. 4.2GB (powers of 1000) or 3.9GiB (of 1024). Without "
+                   "--type the rest follows Q4_K_M. Prints the allocation and llama-quantize's equivalent.")
+@click.option("--target-bpw", type=float, default=None, metavar="X",
+              help="As --target-size, the budget in bits per weight over all tensors.")
+@click.option("--allocate", is_flag=True,
+              help="With --type RECIPE: re-allocate the recipe's own bytes by measured error (the file is no "
+                   "larger than the recipe's).")
 @clean_errors
 def convert(model: Path, no_check_finite: bool, **options: object) -> None:
     """Convert MODEL (a Hugging Face directory or Hub id such as Qwen/Qwen2.5-0.5B-Instruct, or an F32/F16/BF16
@@ -79,7 +94,20 @@ def convert(model: Path, no_check_finite: bool, **options: object) -> None:
     from hqq2gguf.convert import convert as run_convert
     from hqq2gguf.options import ConvertOptions
 
-    result = run_convert(model, ConvertOptions.from_args(check_finite=not no_check_finite, **options))
+    convert_options = ConvertOptions.from_args(check_finite=not no_check_finite, **options)
+    result = run_convert(model, convert_options)
+    if result.allocation is not None:
+        _echo_allocation(result.allocation, convert_options)
     parts = f", {len(result.parts)} parts" if result.parts else ""
     click.echo(f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB, {result.n_tensors} tensors{parts}, "
                f"{result.seconds:.1f} s)")
+
+
+def _echo_allocation(allocation: Allocation, options: ConvertOptions) -> None:
+    """The allocation's table, and the llama-quantize command that makes the same mix from an F16 GGUF."""
+    from hqq2gguf.allocate import format_table, llama_quantize_args
+
+    for line in format_table(allocation):
+        click.echo(line)
+    args = " ".join(shlex.quote(a) for a in llama_quantize_args(allocation, options.quant))
+    click.echo(f"llama.cpp equivalent: llama-quantize {args} MODEL-F16.gguf OUT.gguf {options.recipe.value}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import gguf
@@ -17,9 +17,11 @@ from hqq2gguf.plan import Plan
 
 
 def write_provenance(writer: gguf.GGUFWriter, source_kind: str, options: ConvertOptions, plan: Plan,
-                     calibration: Mapping[str, object] | None = None) -> None:
+                     calibration: Mapping[str, object] | None = None,
+                     allocation: Mapping[str, str | Sequence[str] | Sequence[float]] | None = None) -> None:
     """``calibration``: what the calibration stage records (kind, token count, seed, sampling settings, the
-    text's SHA-256; never a path)."""
+    text's SHA-256; never a path). ``allocation``: the allocation stage's keys (``hqq2gguf.allocation*``), each
+    a string or an array, written as they are."""
     types = plan.types()
     writer.add_string(PROVENANCE_PREFIX + "version", __version__)
     writer.add_string(PROVENANCE_PREFIX + "source_format", source_kind)
@@ -37,6 +39,11 @@ def write_provenance(writer: gguf.GGUFWriter, source_kind: str, options: Convert
             recorded["calibration"] = dict(calibration)
     writer.add_string(PROVENANCE_PREFIX + "options", json.dumps(recorded, sort_keys=True, default=str))
     writer.add_array(PROVENANCE_PREFIX + "tensor_types", types)
+    for key, value in (allocation or {}).items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_array(key, list(value))
     if any(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t]][0] > 1 for t in types):
         writer.add_quantized_by("hqq2gguf")
 

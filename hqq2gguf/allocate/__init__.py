@@ -1,0 +1,178 @@
+"""Allocate: each weight matrix's type, chosen by measured error within a byte budget (instead of a recipe's
+fixed rules), for ``--target-size``, ``--target-bpw`` and ``--type RECIPE --allocate``.
+
+    allocation = allocate(source, options, importance)    # None unless options ask for an allocation
+    plan = make_plan(source, options, allocation.types())  # applied as --tensor-type would be
+
+1. the recipe's plan says which tensors are matrices to allocate and gives the budget of ``--allocate`` (its
+   bytes, less what the allocation adds to the file's metadata). Not allocated, keeping the recipe's types:
+   norms and 1-D tensors; what the user fixed with --tensor-type / --output-tensor-type /
+   --token-embedding-type; and the token embedding of a model with its own output.weight, a lookup table
+   that the cost below (error x input importance) does not describe: on a tiny Llama, costing it as the
+   per-token error of the row it looks up put it at Q2_K and raised the KLD of a Q4_K_M-sized file from
+   0.035 to 0.13 (0.028 with it kept at Q4_K);
+2. each matrix gets candidate types (:data:`~.costs.LADDER` through llama.cpp's shape fallbacks, the recipe's
+   own type, F16) with bytes and predicted cost, measured by the solver on sampled rows (:mod:`.costs`);
+3. the cheapest mix that fits is chosen (:mod:`.choose`).
+
+Budgets count the tensor data as it lies in the file (each tensor padded to the data alignment); the file
+adds its header and metadata. A budget outside what the candidates can reach is an OptionError naming the range.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+
+import gguf
+
+from hqq2gguf.allocate.choose import Option, TensorOptions, choose
+from hqq2gguf.allocate.costs import SAMPLED_ROWS, candidate_types, file_bytes, measure_costs
+from hqq2gguf.allocate.result import (
+    Allocation, Choice, format_table, llama_quantize_args, provenance_nbytes,
+)
+from hqq2gguf.calibrate import Importance
+from hqq2gguf.errors import OptionError
+from hqq2gguf.options import ConvertOptions
+from hqq2gguf.plan import PlannedTensor, make_plan
+from hqq2gguf.recipes import Category, allows_quantization, category
+from hqq2gguf.recipes.recipe import is_quantized
+from hqq2gguf.recipes.model import TensorInfo
+from hqq2gguf.recipes.rules import OUTPUT_NAME, Q8_FLOOR_BY_ARCH
+from hqq2gguf.sources import Source
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Allocation", "Choice", "allocate", "format_table", "llama_quantize_args"]
+
+_MAX_RESERVE_ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The recipe's plan split into what is allocated (name -> candidate types) and what is not."""
+
+    recipe: dict[str, PlannedTensor]
+    candidates: dict[str, tuple[gguf.GGMLQuantizationType, ...]]
+    fixed_bytes: int
+    user_fixed_bytes: int
+
+    def range(self) -> tuple[int, int]:
+        """The bytes of the smallest and the largest mix, the fixed tensors included."""
+        sizes = [[file_bytes(self.recipe[n].shape, t) for t in types] for n, types in self.candidates.items()]
+        return self.fixed_bytes + sum(map(min, sizes)), self.fixed_bytes + sum(map(max, sizes))
+
+
+def allocate(source: Source, options: ConvertOptions, importance: Importance) -> Allocation | None:
+    """The allocation ``options`` ask for (None when they ask for none). The budget is checked against the
+    feasible range before any tensor is read; then every candidate tensor is read once, one at a time."""
+    if not options.allocating:
+        return None
+    start = time.perf_counter()
+    layout = _layout(source, options)
+    target, budget = _budget(source, options, layout)
+    low, high = layout.range()
+    if not low <= budget <= high:
+        raise OptionError(_range_message(target, budget, low, high, layout, source))
+    logger.info("allocation (%s): measuring %d tensors x up to %d types on at most %d rows each", target,
+                len(layout.candidates), max(map(len, layout.candidates.values()), default=0), SAMPLED_ROWS)
+    tables = measure_costs(source, layout.candidates, importance, options.solver)
+    if options.allocate:  # the file must stay within the recipe's: its own metadata comes out of the budget
+        allocation = _within_recipe_file(target, budget, tables, layout, start)
+    else:
+        allocation = _allocation(target, budget, tables, layout, start)
+    logger.info("%s", format_table(allocation)[-1])
+    return allocation
+
+
+def _layout(source: Source, options: ConvertOptions) -> _Layout:
+    recipe = {t.name: t for t in make_plan(source, options).tensors}
+    tied = OUTPUT_NAME not in recipe
+    floors = Q8_FLOOR_BY_ARCH.get(source.arch, ())
+    candidates, fixed, user_fixed = {}, 0, 0
+    for t in recipe.values():
+        info = TensorInfo(t.name, t.shape, t.out_type)
+        user = _fixed_by_user(t.name, tied, options)
+        lookup = category(t.name) is Category.TOKEN_EMBD and not tied
+        if (user or lookup or not is_quantized(t.out_type) or any(s in t.name for s in floors)
+                or not allows_quantization(t.name, info.n_dims, source.arch,
+                                           leave_output_tensor=options.quant.leave_output_tensor)):
+            fixed += file_bytes(t.shape, t.out_type)
+            user_fixed += file_bytes(t.shape, t.out_type) if user else 0
+        else:
+            candidates[t.name] = candidate_types(info.ne0, t.out_type)
+    return _Layout(recipe, candidates, fixed, user_fixed)
+
+
+def _fixed_by_user(name: str, tied: bool, options: ConvertOptions) -> bool:
+    """Whether the user's own per-tensor options decide this tensor's type (llama-quantize's precedence)."""
+    q, cat = options.quant, category(name)
+    if q.token_embedding_type is not None and cat is Category.TOKEN_EMBD:
+        return True
+    if q.output_tensor_type is not None and (cat is Category.OUTPUT or (tied and cat is Category.TOKEN_EMBD)):
+        return True
+    return any(re.search(pattern, name) for pattern, _ in q.tensor_types)
+
+
+def _budget(source: Source, options: ConvertOptions, layout: _Layout) -> tuple[str, int]:
+    """What the user asked for, in words, and the bytes it allows the tensor data."""
+    if options.target_size is not None:
+        return f"--target-size {options.target_size}", options.target_size
+    if options.target_bpw is not None:
+        n_weights = sum(math.prod(t.shape) for t in layout.recipe.values())
+        return f"--target-bpw {options.target_bpw:g}", math.floor(options.target_bpw * n_weights / 8)
+    recipe_bytes = sum(file_bytes(t.shape, t.out_type) for t in layout.recipe.values())
+    return f"--type {options.recipe.value} --allocate", recipe_bytes
+
+
+def _range_message(target: str, budget: int, low: int, high: int, layout: _Layout, source: Source) -> str:
+    n_weights = sum(math.prod(t.shape) for t in layout.recipe.values())
+    def size(n: int) -> str:
+        return f"{n:,} bytes ({n / 1e6:.3f} MB, {8 * n / n_weights:.3f} bpw)"
+    fixed = (f"; {layout.user_fixed_bytes:,} bytes of it fixed by --tensor-type/--output-tensor-type/"
+             "--token-embedding-type" if layout.user_fixed_bytes else "")
+    return (f"{target}: {size(budget)} of tensor data is outside what {source.path.name} can take: from "
+            f"{size(low)} (the smallest candidate types) to {size(high)} (F16){fixed}")
+
+
+def _allocation(target: str, budget: int, tables: list[TensorOptions], layout: _Layout,
+                start: float) -> Allocation:
+    chosen = choose(tables, budget - layout.fixed_bytes)
+    choices = []
+    for t in tables:
+        recipe_type = layout.recipe[t.name].out_type
+        recipe = next(o for o in t.options if o.qtype == recipe_type)
+        pick: Option = chosen[t.name]
+        choices.append(Choice(t.name, pick.qtype, pick.nbytes, pick.cost, recipe_type, recipe.cost))
+    return Allocation(target, budget, layout.fixed_bytes, tuple(choices), SAMPLED_ROWS,
+                      time.perf_counter() - start)
+
+
+def _within_recipe_file(target: str, budget: int, tables: list[TensorOptions], layout: _Layout,
+                        start: float) -> Allocation:
+    """The allocation whose file is no larger than the recipe's: what it adds to the header (its provenance
+    keys, type names, alignment) is reserved out of the budget, until the reserve covers it."""
+    reserve = 0
+    for _ in range(_MAX_RESERVE_ROUNDS):
+        allocation = _allocation(target, budget - reserve, tables, layout, start)
+        needed = _header_growth(allocation, layout)
+        if needed <= reserve:
+            return allocation
+        reserve = needed
+        if budget - reserve < layout.range()[0]:
+            raise OptionError(f"{target}: the recipe's {budget:,} bytes leave no room for the allocation's "
+                              f"{reserve:,} bytes of metadata")
+    raise OptionError(f"{target}: the metadata reserve did not settle (internal error)")
+
+
+def _header_growth(allocation: Allocation, layout: _Layout) -> int:
+    """Bytes the allocated file's header may have beyond the recipe file's: the allocation's keys, the longer
+    list of distinct types (hqq2gguf.tensor_types), and the header's padding to the data alignment."""
+    recipe_types = {t.out_type.name for t in layout.recipe.values()}
+    allocated = {t.out_type.name for n, t in layout.recipe.items() if n not in layout.candidates}
+    allocated |= {c.qtype.name for c in allocation.choices}
+    growth = sum(8 + len(t) for t in allocated - recipe_types) - sum(8 + len(t) for t in recipe_types - allocated)
+    return provenance_nbytes(allocation.provenance()) + growth + gguf.GGUF_DEFAULT_ALIGNMENT - 1

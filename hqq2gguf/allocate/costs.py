@@ -1,0 +1,115 @@
+"""Cost of every (tensor, candidate type): the importance-weighted squared error of the conversion's own
+encoding, measured on a deterministic sample of rows and scaled to all rows.
+
+    cost(t, type) = n_rows / n_sampled * sum over sampled rows r, columns c of
+                    weight[c] * (w[r, c] - decoded(encode(w, type))[r, c])**2
+
+``encode`` is the HQQ solver exactly as the file conversion calls it (same solver settings, same column
+importance, every block solved on its own: a sampled row gets the very blocks it gets in the file), and
+``decoded`` what ggml decodes from those blocks. ``weight`` is the column importance (an imatrix's mean
+squared activations, so a cost estimates the squared error the tensor adds to its output per token), 1 where
+there is none.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+
+import gguf
+import numpy as np
+import torch
+
+from hqq2gguf.allocate.choose import Option, TensorOptions
+from hqq2gguf.calibrate import Importance
+from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig, solve
+from hqq2gguf.recipes import shape_fallback
+from hqq2gguf.sources import Source
+
+logger = logging.getLogger(__name__)
+
+Q = gguf.GGMLQuantizationType
+
+#: The type ladder every allocated tensor chooses from, before llama.cpp's shape fallbacks (a row that is not
+#: whole 256-blocks gets Q4_0 / Q5_0 / Q5_1 / Q8_0 instead, as llama-quantize gives it), plus F16 at the top.
+LADDER: tuple[gguf.GGMLQuantizationType, ...] = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_0, Q.F16)
+
+#: Rows sampled per tensor (evenly spaced; every row of a smaller tensor).
+SAMPLED_ROWS = 256
+
+
+def file_bytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+    """The bytes a tensor takes in a GGUF file's data section: its blocks, padded to the data alignment."""
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    nbytes = math.prod(shape[:-1]) * (shape[-1] // block) * type_size
+    return gguf.GGUFWriter.ggml_pad(nbytes, gguf.GGUF_DEFAULT_ALIGNMENT)
+
+
+def candidate_types(ne0: int, recipe_type: gguf.GGMLQuantizationType) -> tuple[gguf.GGMLQuantizationType, ...]:
+    """The ladder through llama.cpp's shape fallbacks, and the recipe's own type: distinct, in ladder order."""
+    types = [shape_fallback(t, ne0) for t in LADDER] + [recipe_type]
+    return tuple(dict.fromkeys(types))
+
+
+def sampled_rows(n_rows: int, n: int = SAMPLED_ROWS) -> np.ndarray:
+    """``n`` evenly spaced row indices (the middle of each of ``n`` equal stretches), or all rows."""
+    if n_rows <= n:
+        return np.arange(n_rows)
+    return (np.arange(n) * 2 + 1) * n_rows // (2 * n)
+
+
+def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizationType, ...]],
+                  importance: Importance, config: SolverConfig) -> list[TensorOptions]:
+    """Every tensor in ``wanted`` (name -> candidate types) with the cost of each candidate, in source order;
+    tensors are read one source step at a time."""
+    tables = []
+    for name, data in _read(source, set(wanted)):
+        start = time.perf_counter()
+        shape = tuple(data.shape)
+        imp = importance.for_tensor(name, shape)
+        options = tuple(Option(t, file_bytes(shape, t), tensor_cost(data, t, config, imp))
+                        for t in wanted[name])
+        tables.append(TensorOptions(name, options))
+        logger.debug("%-32s costs %s (%.1f s)", name,
+                     " ".join(f"{o.qtype.name}={o.cost:.3g}" for o in options), time.perf_counter() - start)
+    return tables
+
+
+def tensor_cost(data: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
+                importance: np.ndarray | None) -> float:
+    """The predicted cost of ``data`` (numpy order; 3-D: experts first) as ``qtype``, from sampled rows."""
+    n_expert = data.shape[0] if data.ndim == 3 else 1
+    experts = data.reshape(n_expert, -1, data.shape[-1])
+    n_rows = experts.shape[1]
+    picked = sampled_rows(n_rows)
+    total = 0.0
+    for e in range(n_expert):
+        rows = experts[e][torch.from_numpy(picked)].to(torch.float32)
+        imp = None if importance is None else importance[e]
+        err = _squared_error(rows, qtype, config, imp)
+        weights = np.ones(rows.shape[1]) if imp is None else imp.astype(np.float64)
+        total += float(err.sum(axis=0) @ weights)
+    return total * n_rows / len(picked)
+
+
+def _squared_error(rows: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
+                   importance: np.ndarray | None) -> np.ndarray:
+    """(rows, ne0) float64 squared error of the conversion's encoding of ``rows`` as ``qtype``."""
+    x = rows.numpy().astype(np.float64)
+    if qtype in SOLVER_TYPES:
+        values = solve(rows, qtype, importance=None if importance is None else torch.from_numpy(importance),
+                       config=config).values
+    else:  # F16 / BF16 / F32: gguf-py's reference encoding, as encode.reference_encode writes it
+        values = gguf.quants.dequantize(gguf.quants.quantize(rows.numpy(), qtype), qtype)
+    return np.square(x - values.astype(np.float64))
+
+
+def _read(source: Source, wanted: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The transformed tensors named in ``wanted``, in source order, one source step in memory at a time."""
+    for step in source.steps:
+        if any(out.name in wanted for out in step.outputs):
+            for name, tensor in step.tensors():
+                if name in wanted:
+                    yield name, tensor
