@@ -84,7 +84,8 @@ def allocate(source: Source, options: ConvertOptions, importance: Importance) ->
         allocation = _within_recipe_file(target, budget, tables, layout, start)
     else:
         allocation = _allocation(target, budget, tables, layout, start)
-    logger.info("%s", format_table(allocation)[-1])
+    logger.info("allocation: %d tensors typed in %.1f s, tensor data %s of %s bytes", len(allocation.choices),
+                allocation.seconds, f"{allocation.nbytes:,}", f"{allocation.budget:,}")
     return allocation
 
 
@@ -146,7 +147,7 @@ def _allocation(target: str, budget: int, tables: list[TensorOptions], layout: _
         recipe_type = layout.recipe[t.name].out_type
         recipe = next(o for o in t.options if o.qtype == recipe_type)
         pick: Option = chosen[t.name]
-        choices.append(Choice(t.name, pick.qtype, pick.nbytes, pick.cost, recipe_type, recipe.cost))
+        choices.append(Choice(t.name, pick.qtype, pick.nbytes, pick.cost, recipe_type, recipe.nbytes, recipe.cost))
     return Allocation(target, budget, layout.fixed_bytes, tuple(choices), SAMPLED_ROWS,
                       time.perf_counter() - start)
 

@@ -32,6 +32,7 @@ class Choice:
     nbytes: int
     cost: float
     recipe_type: gguf.GGMLQuantizationType
+    recipe_nbytes: int
     recipe_cost: float
 
 
@@ -62,6 +63,11 @@ class Allocation:
     def recipe_cost(self) -> float:
         """The predicted cost of the recipe's own types for the same tensors."""
         return sum(c.recipe_cost for c in self.choices)
+
+    @property
+    def recipe_nbytes(self) -> int:
+        """The tensor data's bytes with the recipe's own types (the fixed tensors included)."""
+        return self.fixed_bytes + sum(c.recipe_nbytes for c in self.choices)
 
     def types(self) -> dict[str, gguf.GGMLQuantizationType]:
         return {c.name: c.qtype for c in self.choices}
@@ -97,10 +103,10 @@ def format_table(allocation: Allocation) -> list[str]:
     for c in allocation.choices:
         lines.append(f"{c.name:<{width}}  {c.qtype.name:<6}  {c.recipe_type.name:<6}  {c.nbytes:>12,}  "
                      f"{c.cost:>14.4g}")
-    ratio = allocation.cost / allocation.recipe_cost if allocation.recipe_cost > 0 else 1.0
-    lines.append(f"allocated {len(allocation.choices)} tensors ({allocation.target}): tensor data "
-                 f"{allocation.nbytes:,} of {allocation.budget:,} bytes; predicted cost {allocation.cost:.4g}, "
-                 f"{ratio:.3f} x the recipe's types ({allocation.recipe_cost:.4g}); {allocation.seconds:.1f} s")
+    lines.append(f"allocated {len(allocation.choices)} tensors ({allocation.target}) in {allocation.seconds:.1f} s: "
+                 f"tensor data {allocation.nbytes:,} of {allocation.budget:,} bytes, predicted cost "
+                 f"{allocation.cost:.4g}; the recipe's types: {allocation.recipe_nbytes:,} bytes, predicted cost "
+                 f"{allocation.recipe_cost:.4g}")
     return lines
 
 
