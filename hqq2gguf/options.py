@@ -307,24 +307,21 @@ class ConvertOptions:
                 raise OptionError("--keep-lm-head-fp16 and --output-tensor-type are exclusive")
             output_tensor_type = "F16"
         chosen = recipe or (BITS_RECIPES[str(bits)] if bits is not None else None)
-        parsed = Recipe.parse(chosen) if chosen else None
-        if parsed is None and (target_size is not None or target_bpw is not None):
-            parsed = ALLOCATION_BASE
         calib = Calibration(calibration) if calibration in {c.value for c in Calibration} else Path(calibration)
-        calib = resolve_calibration(calib, parsed, imatrix, _parse(ImportanceSource, importance, "--importance"))
-        text = calib is not Calibration.NONE and imatrix is None
-        weights = solver_weights or ("importance" if imatrix or text else "auto")
-        solver = SolverConfig(weights=_parse(WeightMode, weights, "--solver-weights"))
+        solver = SolverConfig(weights=_parse(WeightMode, solver_weights or "auto", "--solver-weights"))
         if solver_iterations is not None:
             solver = dataclasses.replace(solver, iterations=solver_iterations)
         quant = QuantOptions.from_cli(tensor_type=tuple(tensor_type), output_tensor_type=output_tensor_type,
                                       token_embedding_type=token_embedding_type, pure=pure,
                                       leave_output_tensor=leave_output_tensor)
-        return cls(outtype=_parse(OutType, outtype, "--outtype"), recipe=parsed,
-                   quant=quant, solver=solver, imatrix=imatrix,
-                   importance=_parse(ImportanceSource, importance, "--importance"),
-                   device=_parse(Device, device, "--device"), calibration=calib, target_size=target_size,
-                   target_bpw=target_bpw, **kwargs)
+        options = cls(outtype=_parse(OutType, outtype, "--outtype"), recipe=Recipe.parse(chosen) if chosen else None,
+                      quant=quant, solver=solver, imatrix=imatrix,
+                      importance=_parse(ImportanceSource, importance, "--importance"),
+                      device=_parse(Device, device, "--device"), calibration=calib, target_size=target_size,
+                      target_bpw=target_bpw, **kwargs)
+        if solver_weights is None and (imatrix is not None or options.calibrated):  # AUTO resolved by now
+            options = dataclasses.replace(options, solver=dataclasses.replace(solver, weights=WeightMode.IMPORTANCE))
+        return options
 
     @property
     def allocating(self) -> bool:

@@ -24,7 +24,6 @@ from hqq2gguf.allocate.costs import LADDER, candidate_types, sampled_rows
 from hqq2gguf.allocate.result import KEY, TENSORS_KEY, kv_nbytes
 from hqq2gguf.calibrate import Importance
 from hqq2gguf.cli import main
-from hqq2gguf.errors import OptionError
 from hqq2gguf.options import ConvertOptions, parse_size
 from hqq2gguf.recipes import ModelInfo, QuantOptions, Recipe, plan_types, read_gguf_model
 from hqq2gguf.sources import open_source
@@ -145,30 +144,6 @@ def test_kv_nbytes_is_what_gguf_writes(tmp_path: Path) -> None:
         writer.close()
         sizes.append((tmp_path / f"f{len(extra)}.gguf").stat().st_size)
     assert sizes[1] - sizes[0] == sum(kv_nbytes(k, v) for k, v in values.items())
-
-
-# same message from the command line and the API, before any input is read
-CONFLICTS = [
-    (["--target-size", "1GB", "--target-bpw", "4"], dict(target_size="1GB", target_bpw=4.0),
-     "--target-size, --target-bpw and --allocate are exclusive"),
-    (["--type", "Q4_K_M", "--allocate", "--target-size", "1GB"], dict(recipe="Q4_K_M", allocate=True,
-                                                                      target_size="1GB"),
-     "--target-size, --target-bpw and --allocate are exclusive"),
-    (["--allocate"], dict(allocate=True), "--allocate re-allocates a recipe's bytes: give --type"),
-    (["--target-size", "lots"], dict(target_size="lots"), "--target-size must be bytes or a size"),
-    (["--target-size", "0"], dict(target_size="0"), "--target-size must be a size from 1 byte up"),
-    (["--target-bpw", "-1"], dict(target_bpw=-1.0), "--target-bpw must be a number of bits per weight"),
-]
-
-
-@pytest.mark.parametrize("words, api, message", CONFLICTS, ids=[c[2][:30] for c in CONFLICTS])
-def test_cli_and_api_refuse_alike(tmp_path: Path, words: list[str], api: dict, message: str) -> None:
-    with pytest.raises(OptionError) as caught:
-        ConvertOptions.from_args(**api)
-    assert message in caught.value.message
-    result = CliRunner().invoke(main, ["convert", str(tmp_path / "no-such-model"), *words])
-    assert result.exit_code == 1, result.output
-    assert result.output.strip() == f"error: {caught.value.message}"
 
 
 def test_a_target_without_type_starts_from_q4_k_m() -> None:

@@ -33,8 +33,19 @@ CONFLICTS = [
     (["--model-name", " "], dict(model_name=" "), "model name must not be empty"),
     (["--type", "Q4_K_M", "--importance", "norms", "--calibration", "self"],
      dict(recipe="Q4_K_M", importance="norms", calibration="self"), "--importance is the data-free alternative"),
-    (["--type", "Q4_K_M", "--save-calibration", "t.txt"], dict(recipe="Q4_K_M", save_calibration=Path("t.txt")),
+    (["--type", "Q4_K_M", "--calibration", "none", "--save-calibration", "t.txt"],
+     dict(recipe="Q4_K_M", calibration="none", save_calibration=Path("t.txt")),
      "--save-calibration needs calibration text"),
+    # allocation (hqq2gguf.allocate)
+    (["--target-size", "1GB", "--target-bpw", "4"], dict(target_size="1GB", target_bpw=4.0),
+     "--target-size, --target-bpw and --allocate are exclusive"),
+    (["--type", "Q4_K_M", "--allocate", "--target-size", "1GB"], dict(recipe="Q4_K_M", allocate=True,
+                                                                      target_size="1GB"),
+     "--target-size, --target-bpw and --allocate are exclusive"),
+    (["--allocate"], dict(allocate=True), "--allocate re-allocates a recipe's bytes: give --type"),
+    (["--target-size", "lots"], dict(target_size="lots"), "--target-size must be bytes or a size"),
+    (["--target-size", "0"], dict(target_size="0"), "--target-size must be a size from 1 byte up"),
+    (["--target-bpw", "-1"], dict(target_bpw=-1.0), "--target-bpw must be a number of bits per weight"),
 ]
 
 
