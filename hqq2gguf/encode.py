@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hqq2gguf.errors import MEMORY_HINT, InputError, ResourceError
-from hqq2gguf.optimize import SOLVER_TYPES, Encoded, SolverConfig, encode as solver_encode
+from hqq2gguf.optimize import SOLVER_TYPES, Encoded, SolverConfig, encode as solver_encode, llama_cpp_encoded
 from hqq2gguf.options import ConvertOptions, Device
 from hqq2gguf.plan import PlannedTensor
 from hqq2gguf.read.gguf_in import PASS_THROUGH_TYPES
@@ -78,6 +78,8 @@ def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType,
 
 def _solve_rows(rows: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
                 importance: torch.Tensor | None, device: Device) -> Encoded:
+    if config.leaves_to_llama_cpp(qtype.name, importance is not None):  # on every device: the same bytes
+        return llama_cpp_encoded(torch.from_numpy(rows), qtype, config)
     if device is Device.CUDA:
         from hqq2gguf.cuda import CUDA_TYPES, encode_cuda  # CuPy and the kernels: only when asked for
 

@@ -19,8 +19,8 @@ from hqq2gguf.errors import InputError, OptionError, UnsupportedError
 from hqq2gguf.optimize import (
     SOLVER_TYPES, Preset, SolverConfig, WeightMode, element_weights, encode, quantize_tensor, solve,
 )
-from hqq2gguf.optimize import solver as solver_module
-from hqq2gguf.qtypes import spec
+from hqq2gguf.optimize import core, llama_cpp_encoded, solver as solver_module
+from hqq2gguf.qtypes import Kind, spec
 
 Q = gguf.GGMLQuantizationType
 ROWS, NE0 = 4, 512
@@ -220,6 +220,57 @@ def test_no_extra_starts_and_no_iterations(qtype: Q) -> None:
     np.testing.assert_array_equal(same.objective, same.baseline_objective)
     sol = solve(x, qtype, config=SolverConfig(range_factors=(), super_range_factors=()))
     assert (sol.objective <= sol.baseline_objective).all() and sol.objective.sum() < sol.baseline_objective.sum()
+
+
+BLOCK_SCALE_TYPES = [t for t in SOLVER_TYPES if spec(t).kind is Kind.BLOCK]
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "importance"])
+@pytest.mark.parametrize("qtype", BLOCK_SCALE_TYPES, ids=lambda t: t.name)
+def test_repeated_starts_are_dropped_without_changing_a_byte(qtype: Q, weighted: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start whose snapped scale (and offset) equal an earlier one's for a block (Q4_0's max/-8 IS llama.cpp's
+    answer; on TQ*'s symmetric grid -d mirrors d) retraces it: dropping it must change no byte and no objective."""
+    x = _data("realish")
+    x[0, :64] = 0.0  # all-zero blocks: every start has d = 0
+    x[1, 32:64] = -x[1, 32:64]
+    imp = torch.from_numpy(_importance()) if weighted else None
+    cfg = SolverConfig(weights=WeightMode.IMPORTANCE if weighted else WeightMode.LLAMA, range_factors=(1.0, 0.9))
+    dropped: list[int] = []
+    original = core.BestOfStarts.drop_repeats
+
+    def counting(self: core.BestOfStarts, key: torch.Tensor) -> torch.Tensor | None:
+        keep = original(self, key)
+        dropped.append(0 if keep is None else int((~keep).sum()))
+        return keep
+
+    monkeypatch.setattr(core.BestOfStarts, "drop_repeats", counting)
+    kept = solve(torch.from_numpy(x), qtype, importance=imp, config=cfg)
+    monkeypatch.setattr(core.BestOfStarts, "drop_repeats", lambda self, key: None)  # every start runs
+    full = solve(torch.from_numpy(x), qtype, importance=imp, config=cfg)
+    np.testing.assert_array_equal(kept.packed(), full.packed())
+    np.testing.assert_array_equal(kept.objective, full.objective)
+    if not weighted and qtype in (Q.Q4_0, Q.Q5_0, Q.Q4_1, Q.Q5_1, Q.TQ1_0, Q.TQ2_0):
+        assert sum(dropped) > 0, "llama.cpp's own answer should repeat a range start here"
+
+
+def test_q8_0_without_importance_is_llama_cpps_own_blocks() -> None:
+    """Q8_0 is left to llama.cpp when no importance is given (no measurable KLD gain, ten times the time); with
+    importance, or when told to solve every type, the solver runs and does better on its objective."""
+    x = torch.from_numpy(_data("student_t"))
+    assert SolverConfig().leaves_to_llama_cpp("Q8_0", weighted=False)
+    assert not SolverConfig().leaves_to_llama_cpp("Q8_0", weighted=True)
+    assert not SolverConfig().leaves_to_llama_cpp("Q4_0", weighted=False)
+    assert not SolverConfig(weights=WeightMode.SQUARE).leaves_to_llama_cpp("Q8_0", weighted=False)
+    assert not THOROUGH.leaves_to_llama_cpp("Q8_0", weighted=False)
+    plain = llama_cpp_encoded(x, Q.Q8_0, SolverConfig(workers=2, chunk_blocks=8))
+    np.testing.assert_array_equal(plain.packed, ggml_ref.ggml_quantize(Q.Q8_0, x.numpy()).reshape(ROWS, -1))
+    err = float(np.square(x.numpy().astype(np.float64) - ggml_ref.ggml_dequantize(Q.Q8_0, plain.packed)).sum())
+    assert plain.sq_error == pytest.approx(err) and plain.objective == plain.baseline_objective == plain.sq_error
+    solved = encode(x, Q.Q8_0, config=SolverConfig())
+    assert solved.objective < solved.baseline_objective == pytest.approx(plain.sq_error)
+    with pytest.raises(OptionError, match="Q9_9"):
+        SolverConfig(llama_cpp_types=("Q9_9",))
 
 
 def test_importance_mode_without_importance_is_llama() -> None:

@@ -54,6 +54,9 @@ def solve_block_scale(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: t
     b = torch.cat([base["m"], b_extra]) if spec.affine else None
     base_obj = weighted_sse(x, _decode(grid, base["q"], base["d"], base.get("m")), w)
     best = BestOfStarts(base, base_obj, n_starts)
+    if n_starts > 1 and (keep := best.drop_repeats(_trajectory_key(grid, s, b))) is not None:
+        s, xs, ws, wf = s[keep], xs[keep], ws[keep], wf[keep]
+        b = b[keep] if spec.affine else None
     beta, p = cfg.beta0, (cfg.p if cfg.shrinks else None)
     for it in range(cfg.iterations + 1):
         d16 = fp16(s)
@@ -77,6 +80,20 @@ def solve_block_scale(spec: QuantSpec, x: torch.Tensor, w: torch.Tensor, wfit: t
             if best.finished:
                 break
     return best.result()
+
+
+def _trajectory_key(grid: Grid, s: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Per start and block, the bits that decide the start's whole trajectory: its snapped scale (and offset).
+
+    Every iteration depends on the unsnapped scale only through fp16(s). On a grid symmetric about 0 (TQ1_0,
+    TQ2_0) the scale -d retraces d exactly mirrored (codes -q, the same reconstruction and objectives in IEEE
+    arithmetic), so only |d| counts there. Llama.cpp's own start often IS one of the range starts (Q4_0's
+    ``max / -8``, Q4_1's min/max): those repeats are dropped before they cost anything."""
+    d16 = fp16(s)
+    if grid.mids is None and grid.qmin == -grid.qmax:
+        d16 = d16.abs()
+    cols = [d16] if b is None else [d16, fp16(b)]
+    return torch.stack(cols, dim=1).view(torch.int32)
 
 
 def _decode(grid: Grid, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:

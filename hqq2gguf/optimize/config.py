@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from hqq2gguf.errors import OptionError
+from hqq2gguf.qtypes import QUANT_TYPES
 
 
 DEFAULT_ITERATIONS = 4
@@ -23,6 +24,16 @@ TYPE_ITERATIONS: dict[str, int] = {"Q4_K": 2}
 """Per-type iteration defaults, chosen by KLD and time. Q4_K: 2 (objective 0.974x llama.cpp's after one iteration,
 0.971x after two, 0.970x after four at 1.35x the solve time of two; Qwen2.5-Coder-1.5B Q4_K_M mean KLD: one
 iteration 1.033 +- 0.025 (1 s.e.) x four's, benchmarks/results/quality_qwen2.5-coder-1.5b-q4k-iterations.md)."""
+
+
+LLAMA_CPP_TYPES: tuple[str, ...] = ("Q8_0",)
+"""Block types left to llama.cpp's own encoding when no importance is given (with an imatrix or self-calibration
+the solver runs as for every type). Q8_0: the solver's blocks gave no measurable KLD gain without importance
+(Qwen2.5-Coder-1.5B 1.015 +- 0.286 x llama.cpp's, SmolLM2 0.973 x; benchmarks/results/quality_*.md) at ten times
+llama.cpp's time, so llama.cpp's blocks are kept, byte for byte (``SolverConfig.llama_cpp_types``)."""
+
+
+_BLOCK_TYPE_NAMES = frozenset(t.name for t in QUANT_TYPES)
 
 
 class WeightMode(str, Enum):
@@ -49,16 +60,18 @@ class Preset(str, Enum):
     """Named settings of :class:`SolverConfig` (``SolverConfig.preset(name, **overrides)``)."""
 
     FAST = "fast"
-    """The defaults: llama.cpp's answer (plus one extra start for the one-scale block types), at most 4
+    """The defaults: llama.cpp's answer (plus one extra start for the one-scale block types; Q8_0 without
+    importance is llama.cpp's answer alone, :data:`LLAMA_CPP_TYPES`), at most 4
     iterations (2 for Q4_K, :data:`TYPE_ITERATIONS`), a block stops at its first iteration without improvement; blocks are solved on every CPU.
     Keeps most of THOROUGH's gain."""
     THOROUGH = "thorough"
-    """5 extra starts, 12 iterations, no early stop: the lowest objective, 5-15x slower than FAST."""
+    """5 extra starts, 12 iterations, no early stop, every block type solved: the lowest objective, 5-15x slower
+    than FAST."""
 
 
 _PRESETS: dict[Preset, dict[str, object]] = {
     Preset.FAST: {},
-    Preset.THOROUGH: {"iterations": 12, "range_factors": (1.0, 0.95, 0.9, 0.85, 0.8),
+    Preset.THOROUGH: {"iterations": 12, "llama_cpp_types": (), "range_factors": (1.0, 0.95, 0.9, 0.85, 0.8),
                       "super_range_factors": (1.0, 0.95, 0.9, 0.85, 0.8), "patience": 0},
 }
 
@@ -103,6 +116,9 @@ class SolverConfig:
     """torch intra-op threads while solving (0: leave torch's setting alone). 1 by default: the loop is many
     small memory-bound ops, and on a busy 2-core machine 2 OpenMP threads measured 10x SLOWER than 1;
     the parallelism comes from ``workers`` instead."""
+    llama_cpp_types: tuple[str, ...] = LLAMA_CPP_TYPES
+    """Block types (names, e.g. "Q8_0") whose blocks are llama.cpp's own, unsolved, when no importance is given:
+    :data:`LLAMA_CPP_TYPES` by default, () to solve every type."""
     workers: int = 0
     """Row parts solved at the same time by this many threads, each running every step of its part (llama.cpp's
     answer, weights, loop, re-check) with single-threaded torch ops (0: one per CPU this process may use).
@@ -128,6 +144,10 @@ class SolverConfig:
             if any(not (0.0 < f <= 2.0) for f in factors):
                 raise OptionError(f"{name} must lie in (0, 2], got {getattr(self, name)}")
             object.__setattr__(self, name, factors)
+        names = tuple(str(t) for t in self.llama_cpp_types)
+        if unknown := [t for t in names if t not in _BLOCK_TYPE_NAMES]:
+            raise OptionError(f"llama_cpp_types: unknown block type(s) {', '.join(unknown)}")
+        object.__setattr__(self, "llama_cpp_types", names)
         if not (isinstance(self.sub_scale_radius, int) and 0 <= self.sub_scale_radius <= 4):
             raise OptionError(f"sub_scale_radius must be an integer in 0..4, got {self.sub_scale_radius!r}")
         if not (isinstance(self.patience, int) and 0 <= self.patience <= 1000):
@@ -167,6 +187,12 @@ class SolverConfig:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # not on Linux
             return max(1, os.cpu_count() or 1)
+
+    def leaves_to_llama_cpp(self, name: str, weighted: bool) -> bool:
+        """Whether blocks of type ``name`` are llama.cpp's own here: listed, no importance (``weighted``), and an
+        objective whose weights are 1 for the type (what the measurement behind :data:`LLAMA_CPP_TYPES` used)."""
+        plain = self.weights in (WeightMode.AUTO, WeightMode.LLAMA, WeightMode.NONE)
+        return plain and not weighted and name in self.llama_cpp_types
 
     @property
     def shrinks(self) -> bool:

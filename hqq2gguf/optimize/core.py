@@ -166,6 +166,24 @@ class BestOfStarts:
                 self.best[k][rows] = v[better]
         return better
 
+    def drop_repeats(self, key: torch.Tensor) -> torch.Tensor | None:
+        """Before the first iteration: stop every start whose ``key`` row equals an earlier start's for the same
+        block. ``key`` (n_starts * n, k) holds what decides a start's whole trajectory (the bits of its snapped
+        scale and offset): a repeat would retrace the earlier start step for step and lose every tie to it, so
+        dropping it changes no byte. The mask of the rows that go on, or None when nothing repeats."""
+        if self.idx.numel() != self.n_starts * self.n:
+            raise RuntimeError("drop_repeats must come before any row stops")  # a bug, not user input
+        k = key.reshape(self.n_starts, self.n, -1)
+        repeat = torch.zeros(self.n_starts, self.n, dtype=torch.bool)
+        for later in range(1, self.n_starts):
+            for earlier in range(later):
+                repeat[later] |= (k[later] == k[earlier]).all(dim=-1)
+        keep = ~repeat.reshape(-1)
+        if bool(keep.all()):
+            return None
+        self.idx, self.stall = self.idx[keep], self.stall[keep]
+        return keep
+
     def keep_iterating(self, better: torch.Tensor, patience: int, it: int) -> torch.Tensor | None:
         """After iteration ``it``: the mask of the iterating rows that go on (a block stops after ``patience``
         iterations without improving its best), or None when they all do. The test is per block, so the

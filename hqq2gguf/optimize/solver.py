@@ -113,6 +113,27 @@ def encode(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: tor
     return Encoded.join(_map_parts(solver_spec(qtype), x, importance, config, Encoded.of))
 
 
+def llama_cpp_encoded(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig = SolverConfig()
+                      ) -> Encoded:
+    """llama.cpp's own blocks of rows ``x`` (rows, ne0), unsolved: what llama-quantize writes without an imatrix,
+    for the types :meth:`SolverConfig.leaves_to_llama_cpp` names (their objective weights are 1, so the
+    objective and its baseline are the squared error). Row parts side by side on the workers, as :func:`encode`."""
+    spec = solver_spec(qtype)
+    x32 = checked_rows(x, spec)
+    rows, ne0 = x32.shape
+
+    def run(sl: slice) -> Encoded:
+        part = x32[sl]
+        packed = ggml_ref.ggml_quantize(qtype, part).reshape(part.shape[0], -1)
+        e = part.astype(np.float64) - ggml_ref.ggml_dequantize(qtype, packed)
+        sq_error = float(np.square(e).sum())
+        return Encoded(packed, sq_error, float(np.square(part, dtype=np.float64).sum()), sq_error, sq_error)
+
+    workers = config.worker_count()
+    parts = row_parts(rows, ne0 // spec.block_size, config.blocks_per_part(spec.block_size), workers)
+    return Encoded.join(_on_workers(run, parts, workers))
+
+
 def _map_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None, config: SolverConfig,
                finish: Callable[[Solution, np.ndarray], T]) -> list[T]:
     """``finish(solution, rows)`` of every row part, in row order, parts side by side on the workers."""
@@ -127,11 +148,16 @@ def _map_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None
 
     parts = row_parts(rows, ne0 // spec.block_size, config.blocks_per_part(spec.block_size), workers)
     with _threads(config.threads):
-        if len(parts) == 1 or workers == 1:
-            return [run(sl) for sl in parts]
-        # ggml (ctypes), numpy and torch release the GIL: parts run truly in parallel
-        with ThreadPoolExecutor(workers, thread_name_prefix="hqq-solve") as pool:
-            return list(pool.map(run, parts))
+        return _on_workers(run, parts, workers)
+
+
+def _on_workers(run: Callable[[slice], T], parts: list[slice], workers: int) -> list[T]:
+    """``run`` of every part, in order, on ``workers`` threads (ggml through ctypes, numpy and torch release the
+    GIL: parts run truly in parallel)."""
+    if len(parts) == 1 or workers == 1:
+        return [run(sl) for sl in parts]
+    with ThreadPoolExecutor(workers, thread_name_prefix="hqq-solve") as pool:
+        return list(pool.map(run, parts))
 
 
 def _solve_rows(spec: QuantSpec, x32: np.ndarray, imp: torch.Tensor | None, config: SolverConfig) -> Solution:
