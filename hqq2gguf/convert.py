@@ -19,6 +19,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,14 +111,25 @@ def runnable_model(source: Source, options: ConvertOptions, *, needed: bool | No
 
 def _encoded(source: Source, plan: Plan, options: ConvertOptions,
              importance: Importance) -> Iterator[tuple[str, np.ndarray]]:
-    """Each planned tensor's bytes, in plan order: one source step loaded, transformed and encoded at a time."""
+    """Each planned tensor's bytes, in plan order: one source step loaded, transformed and encoded at a time,
+    the next step read (and checked) on a helper thread meanwhile, so that reading overlaps solving. Memory:
+    the step being encoded and the one being read; an error of the next step surfaces when it is reached."""
     planned = iter(plan.tensors)
-    for step in source.steps:
-        results = step.tensors()
-        while results:
-            name, tensor = results.pop(0)
-            out = next(planned)
-            yield name, encode_tensor(out, tensor, options, importance.for_tensor(name, out.shape))
-            logger.debug("%-40s %-8s -> %-5s %s", name, str(tensor.dtype).removeprefix("torch."),
-                         out.out_type.name, list(reversed(out.shape)))
-            del tensor  # memory stays bounded by one tensor: nothing survives into the next step
+    steps = iter(source.steps)
+    with ThreadPoolExecutor(1, thread_name_prefix="hqq-read") as reader:
+
+        def read_next() -> Future | None:
+            step = next(steps, None)
+            return None if step is None else reader.submit(step.tensors)
+
+        pending = read_next()
+        while pending is not None:
+            results = pending.result()
+            pending = read_next()
+            while results:
+                name, tensor = results.pop(0)
+                out = next(planned)
+                yield name, encode_tensor(out, tensor, options, importance.for_tensor(name, out.shape))
+                logger.debug("%-40s %-8s -> %-5s %s", name, str(tensor.dtype).removeprefix("torch."),
+                             out.out_type.name, list(reversed(out.shape)))
+                del tensor  # nothing of this step survives into the next

@@ -66,7 +66,7 @@ def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType,
     start = time.perf_counter()
     n_expert = array.shape[0] if array.ndim == 3 else 1
     experts = array.reshape(n_expert, -1, array.shape[-1])
-    done = Encoded.join([_solve_rows(experts[e].astype(np.float32, copy=False), qtype, config,
+    done = Encoded.join([_solve_rows(experts[e], qtype, config,  # to float32 per row part, on the workers
                                      None if importance is None else torch.from_numpy(importance[e]), device)
                          for e in range(n_expert)])
     logger.info("%-32s %-6s rel.err %.4f  objective %.3f x llama.cpp%s  %.1f s", name, qtype.name,

@@ -119,11 +119,11 @@ def llama_cpp_encoded(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, config:
     for the types :meth:`SolverConfig.leaves_to_llama_cpp` names (their objective weights are 1, so the
     objective and its baseline are the squared error). Row parts side by side on the workers, as :func:`encode`."""
     spec = solver_spec(qtype)
-    x32 = checked_rows(x, spec)
-    rows, ne0 = x32.shape
+    xs = row_source(x, spec)
+    rows, ne0 = xs.shape
 
     def run(sl: slice) -> Encoded:
-        part = x32[sl]
+        part = part_rows(xs, sl, spec)
         packed = ggml_ref.ggml_quantize(qtype, part).reshape(part.shape[0], -1)
         e = part.astype(np.float64) - ggml_ref.ggml_dequantize(qtype, packed)
         sq_error = float(np.square(e).sum())
@@ -137,14 +137,15 @@ def llama_cpp_encoded(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, config:
 def _map_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None, config: SolverConfig,
                finish: Callable[[Solution, np.ndarray], T]) -> list[T]:
     """``finish(solution, rows)`` of every row part, in row order, parts side by side on the workers."""
-    x32 = checked_rows(x, spec)
-    rows, ne0 = x32.shape
+    xs = row_source(x, spec)
+    rows, ne0 = xs.shape
     imp = checked_importance(importance, ne0, spec.name)
     config = config.for_type(spec.name)
     workers = config.worker_count()
 
-    def run(sl: slice) -> T:
-        return finish(_solve_rows(spec, x32[sl], imp, config), x32[sl])
+    def run(sl: slice) -> T:  # the float32 copy and the finiteness check, too, on the part's worker
+        part = part_rows(xs, sl, spec)
+        return finish(_solve_rows(spec, part, imp, config), part)
 
     parts = row_parts(rows, ne0 // spec.block_size, config.blocks_per_part(spec.block_size), workers)
     with _threads(config.threads):
@@ -226,6 +227,14 @@ def solver_spec(qtype: gguf.GGMLQuantizationType) -> QuantSpec:
 
 
 def checked_rows(x: object, spec: QuantSpec) -> np.ndarray:
+    """Rows ``x`` (rows, ne0) as one checked float32 array (the whole tensor at once)."""
+    xs = row_source(x, spec)
+    return part_rows(xs, slice(0, xs.shape[0]), spec)
+
+
+def row_source(x: object, spec: QuantSpec) -> np.ndarray:
+    """Rows ``x`` (rows, ne0) as a numpy array of their own float dtype, shape-checked, not copied: the float32
+    copy and the finiteness check come per part (:func:`part_rows`), on the worker that solves it."""
     t = torch.as_tensor(x).detach().cpu()
     if t.dim() != 2 or not t.is_floating_point():
         raise InputError(f"{spec.name}: expected a 2-D float tensor (rows, ne0), got {t.dtype} {tuple(t.shape)}")
@@ -233,7 +242,14 @@ def checked_rows(x: object, spec: QuantSpec) -> np.ndarray:
         raise InputError(f"{spec.name}: the tensor has no rows")
     if t.shape[1] == 0 or t.shape[1] % spec.block_size:
         raise InputError(f"{spec.name}: rows of {t.shape[1]} elements are not whole {spec.block_size}-blocks")
-    x32 = np.ascontiguousarray(t.to(torch.float32).numpy())
+    if t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.to(torch.float32)  # bfloat16 and the like: numpy has no such dtype
+    return t.numpy()
+
+
+def part_rows(xs: np.ndarray, sl: slice, spec: QuantSpec) -> np.ndarray:
+    """Rows ``sl`` of :func:`row_source`'s array as contiguous float32, refused if any is not finite."""
+    x32 = np.ascontiguousarray(xs[sl], dtype=np.float32)
     if not np.isfinite(x32).all():
         raise InputError(f"{spec.name}: cannot quantize non-finite values")
     return x32
