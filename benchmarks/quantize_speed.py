@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,13 @@ def commands(reference: Path, work: Path, name: str, recipe: str, threads: int, 
     return runs
 
 
+def code_version() -> str:
+    """The commit the measured hqq2gguf comes from (the tree this script lives in)."""
+    done = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 @click.command()
 @click.argument("reference", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True)
@@ -65,7 +73,7 @@ def main(reference: Path, name: str, recipes: str, threads: int, repeats: int, s
     bound = reference.stat().st_size + 3 * big + GIB  # a memory-mapped input's pages count in RSS
     wanted = ALL_RECIPES if recipes == "all" else tuple(r.strip() for r in recipes.split(",") if r.strip())
     doc = {"name": name, "reference": str(reference), "threads": threads, "repeats": repeats, "slack_s": slack,
-           "command": shlex.join([sys.executable, *sys.argv]), "environment": environment(),
+           "command": shlex.join([sys.executable, *sys.argv]), "environment": environment(), "code": code_version(),
            "largest_tensor": big_name, "bound_bytes": bound, "rows": []}
     for recipe in wanted:
         runs = commands(reference, workdir, name, recipe, threads, llama_quantize, default)
@@ -96,7 +104,7 @@ def render(doc: dict) -> str:
     target = "3x llama.cpp" + (f" + {slack:g} s" if slack else "")
     has_default = any(DEFAULT in r["runs"] for r in doc["rows"])
     lines = [f"# Quantization wall time: {doc['name']}", "",
-             f"Command: `{doc['command']}`", "",
+             f"Command: `{doc['command']}` (hqq2gguf at {doc.get('code', 'unknown')})", "",
              f"Input `{doc['reference']}`; {env['platform']}, {env['cpus']} CPUs, llama.cpp on {doc['threads']} "
              f"threads, hqq2gguf on every CPU; each run a child process (start-up included); best of "
              f"{doc['repeats']} alternating run(s); {env['time']}. Target: hqq2gguf --calibration none <= {target}. "
