@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 @click.option("--type", "recipe", default=None, metavar="RECIPE",
               help="Quantize with llama.cpp's per-tensor types for RECIPE (Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, "
                    "Q4_K_S, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0), "
-                   "every block chosen by the HQQ solver.")
+                   "every block chosen by the HQQ solver (Q8_0 blocks without importance: llama.cpp's own).")
 @click.option("--bits", type=click.Choice(sorted(BITS_RECIPES)), default=None,
               help="Shorthand for --type: 8=Q8_0 6=Q6_K 5=Q5_K_M 4=Q4_K_M 3=Q3_K_M 2=Q2_K 1=TQ1_0.")
 @click.option("--output-tensor-type", default=None, metavar="TYPE", help="output.weight's type (as llama-quantize).")
