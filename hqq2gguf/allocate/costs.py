@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import gguf
 import numpy as np
@@ -65,7 +65,7 @@ def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizati
     """Every tensor in ``wanted`` (name -> candidate types) with the cost of each candidate, in source order;
     tensors are read one source step at a time."""
     tables = []
-    for name, data in _read(source, set(wanted)):
+    for name, data in source.tensors_named(set(wanted)):
         start = time.perf_counter()
         shape = tuple(data.shape)
         imp = importance.for_tensor(name, shape)
@@ -104,12 +104,3 @@ def _squared_error(rows: torch.Tensor, qtype: gguf.GGMLQuantizationType, config:
     else:  # F16 / BF16 / F32: gguf-py's reference encoding, as encode.reference_encode writes it
         values = gguf.quants.dequantize(gguf.quants.quantize(rows.numpy(), qtype), qtype)
     return np.square(x - values.astype(np.float64))
-
-
-def _read(source: Source, wanted: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """The transformed tensors named in ``wanted``, in source order, one source step in memory at a time."""
-    for step in source.steps:
-        if any(out.name in wanted for out in step.outputs):
-            for name, tensor in step.tensors():
-                if name in wanted:
-                    yield name, tensor

@@ -13,10 +13,8 @@ another model is refused here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hqq2gguf.calibrate.activations import SelfText, collect_activations
@@ -59,14 +57,15 @@ def column_importance(source: Source, options: ConvertOptions, runnable: Path | 
     if options.importance is ImportanceSource.NONE:
         return Importance()
     names = [out.name for out in outputs]
-    norms = dict(_read(source, needed_norms(names)))
+    norms = {n: t.to(torch.float32).numpy() for n, t in source.tensors_named(needed_norms(names))}
     if options.importance is ImportanceSource.NORMS:
         return norm_importance(names, norms)
     n_head = source.hparams.get(f"{source.arch}.attention.head_count", 0)
     n_head_kv = source.hparams.get(f"{source.arch}.attention.head_count_kv", n_head)
     if not (isinstance(n_head, int) and isinstance(n_head_kv, int)):  # per-layer head counts: not modelled
         n_head = n_head_kv = 0
-    return derived_importance(names, norms, _read(source, derived_inputs(names)), n_head, n_head_kv)
+    inputs = ((n, t.to(torch.float32).numpy()) for n, t in source.tensors_named(derived_inputs(names)))
+    return derived_importance(names, norms, inputs, n_head, n_head_kv)
 
 
 def calibration_source(options: ConvertOptions) -> SelfText | Path:
@@ -88,12 +87,3 @@ def _from_text(runnable: Path, options: ConvertOptions) -> Importance:
     if isinstance(source, SelfText):
         record |= source.provenance()
     return Importance(stats.means(), f"{kind} calibration", record)
-
-
-def _read(source: Source, wanted: set[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """The transformed float32 tensors named in ``wanted``, loaded one step at a time (a pre-pass)."""
-    for step in source.steps:
-        if any(out.name in wanted for out in step.outputs):
-            for name, t in step.tensors():
-                if name in wanted:
-                    yield name, t.to(torch.float32).numpy()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -87,6 +87,15 @@ class Source(ABC):
     @property
     def outputs(self) -> list[TensorOut]:
         return [out for step in self.steps for out in step.outputs]
+
+    def tensors_named(self, wanted: Collection[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """The transformed output tensors named in ``wanted``, in source order, read one step at a time (only
+        the steps that hold one): a pre-pass over part of the model, memory bounded by one step."""
+        for step in self.steps:
+            if any(out.name in wanted for out in step.outputs):
+                for name, tensor in step.tensors():
+                    if name in wanted:
+                        yield name, tensor
 
     @abstractmethod
     def write_metadata(self, writer: gguf.GGUFWriter) -> NameParts:
