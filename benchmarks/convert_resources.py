@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,6 +111,17 @@ def run_one(tool: str, template: str, model_dir: Path, workdir: Path, outtype: s
     click.echo(f"[{tool}] {model_dir.name}: rc={rc} {wall:.1f} s, peak RSS {rss / GIB:.2f} GiB "
                f"(bound {bound / GIB:.2f} GiB: {'holds' if run.bound_holds else 'EXCEEDED'})", err=True)
     return run
+
+
+def write_results(out_dir: Path, stem: str, doc: dict, render: Callable[[dict], str]) -> None:
+    """``doc`` stamped as finished, written as ``<stem>.json`` and rendered as ``<stem>.md`` into ``out_dir``, and
+    the rendering echoed: every benchmark's last step."""
+    doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    text = render(doc)
+    (out_dir / f"{stem}.md").write_text(text)
+    print(text)
 
 
 def environment() -> dict[str, object]:

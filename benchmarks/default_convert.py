@@ -14,19 +14,17 @@ convert's own log lines. Writes benchmarks/results/default_convert_<name>.{json,
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import click
 import gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_resources import GIB, environment, measure  # noqa: E402
+from convert_resources import GIB, environment, measure, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CALIBRATION = re.compile(r"calibration: (\d+) sequences, (\d+) tokens read while written, \d+ matrices \(([\d.]+) s\)")
@@ -86,11 +84,7 @@ def main(reference: Path, name: str, recipe: str, threads: int, llama_quantize: 
                     "calibration_s": float(found[3])}
         doc["runs"][label] = run
         click.echo(f"[{label}] {wall:.1f} s, peak RSS {rss / GIB:.2f} GiB", err=True)
-    doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"default_convert_{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out_dir / f"default_convert_{name}.md").write_text(render(doc))
-    click.echo(render(doc))
+    write_results(out_dir, f"default_convert_{name}", doc, render)
 
 
 def render(doc: dict) -> str:

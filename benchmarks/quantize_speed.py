@@ -16,18 +16,16 @@ Qwen2.5-Coder-1.5B, 5 for SmolLM2: start-up). Writes benchmarks/results/quantize
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_resources import GIB, environment, measure  # noqa: E402
+from convert_resources import GIB, environment, measure, write_results  # noqa: E402
 from default_convert import largest_tensor_bytes, quantize_command  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -92,11 +90,7 @@ def main(reference: Path, name: str, recipes: str, threads: int, repeats: int, s
         row |= {"best_seconds": best, "ratio": best[NONE] / best[LLAMA],
                 "target_met": best[NONE] <= 3 * best[LLAMA] + slack}
         doc["rows"].append(row)
-    doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"quantize_speed_{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out_dir / f"quantize_speed_{name}.md").write_text(render(doc))
-    click.echo(render(doc))
+    write_results(out_dir, f"quantize_speed_{name}", doc, render)
 
 
 def render(doc: dict) -> str:

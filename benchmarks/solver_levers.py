@@ -16,7 +16,6 @@ Writes benchmarks/results/solver_levers_<name>.{json,md}.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
 import sys
 import time
@@ -27,6 +26,8 @@ import gguf
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from convert_resources import write_results  # noqa: E402
 from hqq2gguf.calibrate.imatrix import read_imatrix
 from hqq2gguf.optimize import SolverConfig, WeightMode, solve
 from hqq2gguf.optimize.config import TYPE_ITERATIONS
@@ -64,7 +65,8 @@ def sample_rows(path: Path, rows: int, layers: tuple[int, ...]) -> list[tuple[st
 @click.option("--types", default=",".join(TYPES), show_default=True)
 @click.option("--rows", type=int, default=192, show_default=True)
 @click.option("--layers", default="3,14,26", show_default=True)
-def main(reference: Path, name: str, imatrix: Path | None, types: str, rows: int, layers: str) -> None:
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
+def main(reference: Path, name: str, imatrix: Path | None, types: str, rows: int, layers: str, out_dir: Path) -> None:
     mats = sample_rows(reference, rows, tuple(int(v) for v in layers.split(",")))
     imp = read_imatrix(imatrix) if imatrix is not None else None
     doc = {"name": name, "reference": str(reference), "imatrix": None if imatrix is None else str(imatrix),
@@ -89,10 +91,7 @@ def main(reference: Path, name: str, imatrix: Path | None, types: str, rows: int
                 doc["results"].append({"type": qname, "importance": mode_name, "setting": label,
                                        "ratio": obj / base, "seconds": seconds})
                 click.echo(f"{qname} {mode_name} {label}: {obj / base:.4f} {seconds:.2f} s", err=True)
-    RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / f"solver_levers_{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (RESULTS_DIR / f"solver_levers_{name}.md").write_text(render(doc))
-    click.echo(render(doc))
+    write_results(out_dir, f"solver_levers_{name}", doc, render)
 
 
 def render(doc: dict) -> str:
