@@ -4,8 +4,8 @@ a time.
     source = open_source(input, options)            # read: validated, lazy; names, shapes, hyper-parameters
     with runnable_model(source, options) as runnable:   # calibrate: per-column importance for the solver (an
         importance = column_importance(source, options, runnable)   # imatrix, text llama.cpp reads, a proxy)
-    allocation = allocate(source, options, importance)   # allocate (only with a byte budget): each matrix's
-                                                         # type by the solver's measured error, or None
+        allocation = allocate(source, options, importance, runnable)   # allocate (only with a byte budget):
+                            # each matrix's type by its measured error x measured sensitivity, or None
     plan = make_plan(source, options, allocation.types())   # plan: every output tensor's type, known up front
     out = GgufFile.start(arch, plan)                # write: tensor infos, then the KV pairs
     out.write(path, each tensor: load -> transform -> encode_tensor -> bytes)
@@ -66,9 +66,9 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
     explicit = explicit_output(options)
     if explicit is not None and not out_split(options):  # refused before calibration, not after it
         check_output_path(explicit, force=options.force)
-    with runnable_model(source, options) as runnable:
+    with runnable_model(source, options, needed=options.calibrated or options.allocating) as runnable:
         importance = column_importance(source, options, runnable)
-    allocation = allocate(source, options, importance)
+        allocation = allocate(source, options, importance, runnable)
     plan = make_plan(source, options, allocation.types() if allocation is not None else None)
 
     out = GgufFile.start(source.arch, plan, split_max_tensors=options.split_max_tensors,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import shlex
 from pathlib import Path
 
 import gguf
@@ -18,7 +19,7 @@ import transformers
 from click.testing import CliRunner
 
 import tiny_models
-from hqq2gguf.allocate import Allocation, allocate, llama_quantize_args
+from hqq2gguf.allocate import Allocation, allocate
 from hqq2gguf.allocate.choose import Option, TensorOptions, choose, feasible_range, lower_hull, total
 from hqq2gguf.allocate.costs import LADDER, candidate_types, sampled_rows
 from hqq2gguf.allocate.result import KEY, TENSORS_KEY, kv_nbytes
@@ -285,12 +286,11 @@ def test_llama_quantize_arguments_make_the_same_mix(recipe_and_allocated, model_
     F16 file, choose exactly the allocated types."""
     from llama_quantize import QuantJob, run_quantize
 
-    _, allocated, _ = recipe_and_allocated
-    options = ConvertOptions.from_args(recipe="Q4_K_M", allocate=True)
-    allocation = allocate(open_source(model_dir, options), options, Importance())
-    args = llama_quantize_args(allocation, options.quant)
+    _, allocated, printed = recipe_and_allocated
+    [line] = [x for x in printed.splitlines() if x.startswith("llama.cpp equivalent: llama-quantize ")]
+    args = shlex.split(line.removeprefix("llama.cpp equivalent: llama-quantize "))[:-3]
     specs = [value for flag, value in zip(args[::2], args[1::2]) if flag == "--tensor-type"]
-    assert len(specs) == len(allocation.choices)
+    assert len(specs) == len(gguf.GGUFReader(allocated).get_field(TENSORS_KEY).contents())
     f16 = tmp_path / "f16.gguf"
     _convert(model_dir, f16, "--outtype", "f16")
     info, tensors = read_gguf_model(f16)

@@ -25,7 +25,9 @@ import logging
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import gguf
 
@@ -34,7 +36,7 @@ from hqq2gguf.allocate.costs import SAMPLED_ROWS, candidate_types, file_bytes, m
 from hqq2gguf.allocate.result import (
     Allocation, Choice, format_table, llama_quantize_args, provenance_nbytes,
 )
-from hqq2gguf.calibrate import Importance
+from hqq2gguf.calibrate import Importance, Sensitivity, measure_sensitivity
 from hqq2gguf.errors import OptionError
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.plan import PlannedTensor, make_plan
@@ -66,9 +68,12 @@ class _Layout:
         return self.fixed_bytes + sum(map(min, sizes)), self.fixed_bytes + sum(map(max, sizes))
 
 
-def allocate(source: Source, options: ConvertOptions, importance: Importance) -> Allocation | None:
+def allocate(source: Source, options: ConvertOptions, importance: Importance,
+             runnable: Path | None = None) -> Allocation | None:
     """The allocation ``options`` ask for (None when they ask for none). The budget is checked against the
-    feasible range before any tensor is read; then every candidate tensor is read once, one at a time."""
+    feasible range before any tensor is read; then the candidates' sensitivities are measured on ``runnable``
+    (a GGUF of the source llama.cpp runs; without one, every error costs the same) and every candidate tensor
+    is read once, one at a time."""
     if not options.allocating:
         return None
     start = time.perf_counter()
@@ -79,11 +84,14 @@ def allocate(source: Source, options: ConvertOptions, importance: Importance) ->
         raise OptionError(_range_message(target, budget, low, high, layout, source))
     logger.info("allocation (%s): measuring %d tensors x up to %d types on at most %d rows each", target,
                 len(layout.candidates), max(map(len, layout.candidates.values()), default=0), SAMPLED_ROWS)
-    tables = measure_costs(source, layout.candidates, importance, options.solver)
+    sensitivity = (Sensitivity() if runnable is None else
+                   measure_sensitivity(runnable, list(layout.candidates), seed=options.seed or 0))
+    tables = measure_costs(source, layout.candidates, importance, options.solver, sensitivity)
+    measured = _Measured(tables, sensitivity.record, start)
     if options.allocate:  # the file must stay within the recipe's: its own metadata comes out of the budget
-        allocation = _within_recipe_file(target, budget, tables, layout, start)
+        allocation = _within_recipe_file(target, budget, measured, layout)
     else:
-        allocation = _allocation(target, budget, tables, layout, start)
+        allocation = _allocation(target, budget, measured, layout)
     logger.info("allocation: %d tensors typed in %.1f s, tensor data %s of %s bytes", len(allocation.choices),
                 allocation.seconds, f"{allocation.nbytes:,}", f"{allocation.budget:,}")
     return allocation
@@ -139,26 +147,33 @@ def _range_message(target: str, budget: int, low: int, high: int, layout: _Layou
             f"{size(low)} (the smallest candidate types) to {size(high)} (F16){fixed}")
 
 
-def _allocation(target: str, budget: int, tables: list[TensorOptions], layout: _Layout,
-                start: float) -> Allocation:
-    chosen = choose(tables, budget - layout.fixed_bytes)
+@dataclass(frozen=True)
+class _Measured:
+    """Every candidate's bytes and cost, how the sensitivities were measured, and when allocating started."""
+
+    tables: list[TensorOptions]
+    sensitivity: Mapping[str, object]
+    start: float
+
+
+def _allocation(target: str, budget: int, measured: _Measured, layout: _Layout) -> Allocation:
+    chosen = choose(measured.tables, budget - layout.fixed_bytes)
     choices = []
-    for t in tables:
+    for t in measured.tables:
         recipe_type = layout.recipe[t.name].out_type
         recipe = next(o for o in t.options if o.qtype == recipe_type)
         pick: Option = chosen[t.name]
         choices.append(Choice(t.name, pick.qtype, pick.nbytes, pick.cost, recipe_type, recipe.nbytes, recipe.cost))
     return Allocation(target, budget, layout.fixed_bytes, tuple(choices), SAMPLED_ROWS,
-                      time.perf_counter() - start)
+                      time.perf_counter() - measured.start, measured.sensitivity)
 
 
-def _within_recipe_file(target: str, budget: int, tables: list[TensorOptions], layout: _Layout,
-                        start: float) -> Allocation:
+def _within_recipe_file(target: str, budget: int, measured: _Measured, layout: _Layout) -> Allocation:
     """The allocation whose file is no larger than the recipe's: what it adds to the header (its provenance
     keys, type names, alignment) is reserved out of the budget, until the reserve covers it."""
     reserve = 0
     for _ in range(_MAX_RESERVE_ROUNDS):
-        allocation = _allocation(target, budget - reserve, tables, layout, start)
+        allocation = _allocation(target, budget - reserve, measured, layout)
         needed = _header_growth(allocation, layout)
         if needed <= reserve:
             return allocation

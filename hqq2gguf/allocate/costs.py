@@ -1,14 +1,16 @@
-"""Cost of every (tensor, candidate type): the importance-weighted squared error of the conversion's own
-encoding, measured on a deterministic sample of rows and scaled to all rows.
+"""Cost of every (tensor, candidate type): the KL-divergence the conversion's own encoding of that tensor is
+predicted to add, from its squared error at the tensor's output (measured on a deterministic sample of rows,
+scaled to all rows) times the tensor's measured sensitivity.
 
-    cost(t, type) = n_rows / n_sampled * sum over sampled rows r, columns c of
-                    weight[c] * (w[r, c] - decoded(encode(w, type))[r, c])**2
+    cost(t, type) = gain[t] * n_rows / n_sampled * sum over sampled rows r, columns c of
+                    activation[c] * (w[r, c] - decoded(encode(w, type))[r, c])**2
 
 ``encode`` is the HQQ solver exactly as the file conversion calls it (same solver settings, same column
 importance, every block solved on its own: a sampled row gets the very blocks it gets in the file), and
-``decoded`` what ggml decodes from those blocks. ``weight`` is the column importance (an imatrix's mean
-squared activations, so a cost estimates the squared error the tensor adds to its output per token), 1 where
-there is none.
+``decoded`` what ggml decodes from those blocks. ``activation`` is the mean squared input of each column
+(so the sum estimates the squared error the tensor adds to its output per token) and ``gain`` the KLD per unit
+of that error (:mod:`hqq2gguf.calibrate.sensitivity`), both measured on the model's own text. Without them
+(:class:`Sensitivity` empty) the cost is the plain squared error: what the tests of the choice itself use.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from hqq2gguf.allocate.choose import Option, TensorOptions
-from hqq2gguf.calibrate import Importance
+from hqq2gguf.calibrate import Importance, Sensitivity
 from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig, solve
 from hqq2gguf.recipes import shape_fallback
 from hqq2gguf.sources import Source
@@ -61,15 +63,18 @@ def sampled_rows(n_rows: int, n: int = SAMPLED_ROWS) -> np.ndarray:
 
 
 def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizationType, ...]],
-                  importance: Importance, config: SolverConfig) -> list[TensorOptions]:
+                  importance: Importance, config: SolverConfig, sensitivity: Sensitivity) -> list[TensorOptions]:
     """Every tensor in ``wanted`` (name -> candidate types) with the cost of each candidate, in source order;
-    tensors are read one source step at a time."""
+    tensors are read one source step at a time. ``importance`` is the solver's (as the conversion encodes),
+    ``sensitivity`` what an error costs."""
     tables = []
     for name, data in source.tensors_named(set(wanted)):
         start = time.perf_counter()
         shape = tuple(data.shape)
         imp = importance.for_tensor(name, shape)
-        options = tuple(Option(t, file_bytes(shape, t), tensor_cost(data, t, config, imp))
+        act = sensitivity.activations.for_tensor(name, shape)
+        gain = sensitivity.gain_of(name)
+        options = tuple(Option(t, file_bytes(shape, t), gain * tensor_cost(data, t, config, imp, act))
                         for t in wanted[name])
         tables.append(TensorOptions(name, options))
         logger.debug("%-32s costs %s (%.1f s)", name,
@@ -78,8 +83,9 @@ def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizati
 
 
 def tensor_cost(data: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
-                importance: np.ndarray | None) -> float:
-    """The predicted cost of ``data`` (numpy order; 3-D: experts first) as ``qtype``, from sampled rows."""
+                importance: np.ndarray | None, activations: np.ndarray | None = None) -> float:
+    """The squared output error of ``data`` (numpy order; 3-D: experts first) as ``qtype``, from sampled rows:
+    solved with the solver's ``importance``, weighted by the columns' mean squared ``activations`` (1 without)."""
     n_expert = data.shape[0] if data.ndim == 3 else 1
     experts = data.reshape(n_expert, -1, data.shape[-1])
     n_rows = experts.shape[1]
@@ -89,7 +95,7 @@ def tensor_cost(data: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: So
         rows = experts[e][torch.from_numpy(picked)].to(torch.float32)
         imp = None if importance is None else importance[e]
         err = _squared_error(rows, qtype, config, imp)
-        weights = np.ones(rows.shape[1]) if imp is None else imp.astype(np.float64)
+        weights = np.ones(rows.shape[1]) if activations is None else activations[e].astype(np.float64)
         total += float(err.sum(axis=0) @ weights)
     return total * n_rows / len(picked)
 

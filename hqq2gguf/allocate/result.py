@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gguf
 
@@ -49,6 +49,8 @@ class Allocation:
     choices: tuple[Choice, ...]
     sampled_rows: int
     seconds: float
+    sensitivity: Mapping[str, object] = field(default_factory=dict)
+    """How the sensitivities were measured (empty: they were not; every error cost the same)."""
 
     @property
     def nbytes(self) -> int:
@@ -77,7 +79,7 @@ class Allocation:
         predicted cost, in file order."""
         summary = {"target": self.target, "budget": self.budget, "bytes": self.nbytes,
                    "predicted_cost": float(f"{self.cost:.6g}"), "recipe_cost": float(f"{self.recipe_cost:.6g}"),
-                   "sampled_rows": self.sampled_rows}
+                   "sampled_rows": self.sampled_rows, "sensitivity": dict(self.sensitivity) or None}
         return {KEY: json.dumps(summary, sort_keys=True),
                 TENSORS_KEY: [f"{c.name}={c.qtype.name}" for c in self.choices],
                 COSTS_KEY: [float(c.cost) for c in self.choices]}

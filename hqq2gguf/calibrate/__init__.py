@@ -19,6 +19,7 @@ import torch
 
 from hqq2gguf.calibrate.activations import SelfText, collect_activations
 from hqq2gguf.calibrate.imatrix import Importance, read_imatrix, write_imatrix
+from hqq2gguf.calibrate.sensitivity import Sensitivity, measure_sensitivity
 from hqq2gguf.calibrate.proxy import derived_importance, derived_inputs, needed_norms, norm_importance
 from hqq2gguf.errors import InputError
 from hqq2gguf.options import ConvertOptions, ImportanceSource
@@ -26,7 +27,7 @@ from hqq2gguf.sources import Source
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Importance", "ImportanceSource", "SelfText", "calibration_source", "collect_activations",
+__all__ = ["Importance", "ImportanceSource", "SelfText", "Sensitivity", "measure_sensitivity", "calibration_source", "collect_activations",
            "column_importance", "derived_importance", "norm_importance", "read_imatrix", "write_imatrix"]
 
 

@@ -124,14 +124,23 @@ def _check(collector: ImatrixCollector, model: Path) -> None:
 def generate_text(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] = lambda: None) -> tuple[str, int]:
     """The model's own text: ``cfg.n_sequences`` sequences, separated by blank lines, and the number of tokens
     the model read while writing them (``check`` runs after every decoding step)."""
+    n_before = llm.n_decoded
+    texts = [b"".join(llm.piece(t) for t in body).decode("utf-8", errors="replace")
+             for body in write_sequences(llm, cfg, check=check)]
+    return "\n\n".join(t.strip() for t in texts) + "\n", llm.n_decoded - n_before
+
+
+def write_sequences(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] = lambda: None,
+                    what: str = "calibration: writing") -> list[list[int]]:
+    """The model's own token sequences (each: its random start token, then what the model wrote after it)."""
     rng = np.random.default_rng(cfg.seed)
     plain = llm.plain_tokens()
     if plain.size == 0:
         raise InputError("the vocabulary has no ordinary text token to start self-written text from: give "
                          "--calibration FILE (your own text) or --calibration none", file=llm.path)
     starts = rng.choice(plain, size=cfg.n_sequences)
-    texts, n_before = [], llm.n_decoded
-    with Progress(cfg.n_sequences * cfg.n_tokens, "calibration: writing") as progress:
+    bodies = []
+    with Progress(cfg.n_sequences * cfg.n_tokens, what) as progress:
         def step(n: int) -> None:
             check()
             progress.update(n)
@@ -142,10 +151,8 @@ def generate_text(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] 
             temps = [cfg.temperatures[i % len(cfg.temperatures)] for i in group]
             seqs = llm.generate(prompts, cfg.n_tokens, temps, rng, greedy_first=cfg.greedy_first,
                                 progress=step)
-            for prompt, seq in zip(prompts, seqs):
-                body = seq[len(prompt) - 1:]  # the start token, then what the model wrote
-                texts.append(b"".join(llm.piece(t) for t in body).decode("utf-8", errors="replace"))
-    return "\n\n".join(t.strip() for t in texts) + "\n", llm.n_decoded - n_before
+            bodies += [seq[len(prompt) - 1:] for prompt, seq in zip(prompts, seqs)]
+    return bodies
 
 
 def read_text(path: Path) -> str:

@@ -1,0 +1,84 @@
+"""Sensitivity by noise injection (hqq2gguf.calibrate.sensitivity): the probe's noise reaches the model's output
+in proportion, the layer x kind fit recovers known factors, gains are deterministic, and the measured
+activations are llama-imatrix's statistics of the probe text."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from hqq2gguf.calibrate.sensitivity import PROBE_TEXT, Sensitivity, _fit, _Probe, kind, layer, measure_sensitivity
+from hqq2gguf.convert import convert
+from hqq2gguf.options import ConvertOptions, OutType
+
+
+@pytest.fixture(scope="module")
+def tiny_f16(tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sens") / "llama2-f16.gguf"
+    return convert(tiny_model_dir("llama2"), ConvertOptions(outtype=OutType.F16, output=out)).path
+
+
+def _matrices(path: Path) -> list[str]:
+    return [t.name for t in gguf.GGUFReader(path).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+
+
+def test_noise_moves_the_output_in_proportion(tiny_f16: Path) -> None:
+    """No noise: no KLD. Twice the noise variance at one matrix: about twice the KLD (the linear regime the
+    gains assume), and the noise each matrix received is reported per token."""
+    names = _matrices(tiny_f16)
+    with _Probe(tiny_f16, PROBE_TEXT, set(names), threads=2) as probe:
+        assert probe.outputs == set(names)
+        assert probe.kld({}, seed=0)[0] == pytest.approx(0.0, abs=1e-9)
+        target = "blk.0.ffn_down.weight"
+        k1, e1 = probe.kld({target: 1e-2}, seed=1)
+        k2, e2 = probe.kld({target: 2e-2}, seed=1)
+    assert set(e1) == {target} and e2[target] == pytest.approx(2 * e1[target], rel=0.05)
+    assert k1 > 0 and 1.6 < k2 / k1 < 2.4, (k1, k2)
+
+
+def test_fit_recovers_layer_and_kind_factors() -> None:
+    """Group KLDs made from gain = exp(u[layer] + v[kind]) give back those gains."""
+    rng = np.random.default_rng(0)
+    kinds = ["attn_q.weight", "attn_v.weight", "ffn_down.weight"]
+    names = [f"blk.{i}.{k}" for i in range(4) for k in kinds]
+    u = {f"blk.{i}": rng.normal() for i in range(4)}
+    v = {k: rng.normal() for k in kinds}
+    truth = {n: math.exp(u[layer(n)] + v[kind(n)]) for n in names}
+    results = []
+    for members in [[n for n in names if layer(n) == f"blk.{i}"] for i in range(4)] + \
+                   [[n for n in names if kind(n) == k] for k in kinds]:
+        energy = {n: float(rng.uniform(0.5, 2.0)) for n in members}
+        results.append((sum(truth[n] * energy[n] for n in members), energy))
+    fitted = _fit(results, rounds=2000)
+    for n in names:
+        assert fitted[n] == pytest.approx(truth[n], rel=1e-3)
+
+
+def test_gains_are_deterministic_and_cover_every_matrix(tiny_f16: Path) -> None:
+    names = _matrices(tiny_f16)
+    a = measure_sensitivity(tiny_f16, names, seed=3, threads=2)
+    b = measure_sensitivity(tiny_f16, names, seed=3, threads=2)
+    assert a.gain == b.gain and set(a.gain) == set(names)
+    assert all(g > 0 and math.isfinite(g) for g in a.gain.values())
+    assert a.record["probes"] == len({layer(n) for n in names}) + len({kind(n) for n in names})
+    for n in names:  # mean squared inputs, one per column
+        act = a.activations.for_tensor(n, _shape(tiny_f16, n))
+        assert act is not None and act.shape[1] == _shape(tiny_f16, n)[-1] and (act > 0).all()
+
+
+def _shape(path: Path, name: str) -> tuple[int, ...]:
+    t = next(t for t in gguf.GGUFReader(path).tensors if t.name == name)
+    return tuple(int(n) for n in reversed(t.shape))
+
+
+def test_a_matrix_not_probed_gets_its_kinds_median() -> None:
+    s = Sensitivity({"blk.0.ffn_down.weight": 1.0, "blk.1.ffn_down.weight": 3.0, "blk.0.attn_q.weight": 10.0})
+    assert s.gain_of("blk.1.ffn_down.weight") == 3.0
+    assert s.gain_of("blk.7.ffn_down.weight") == 2.0
+    assert s.gain_of("blk.7.ffn_up_exps.weight") == 3.0  # no such kind probed: the median of all
+    assert Sensitivity().gain_of("anything") == 1.0
