@@ -35,7 +35,7 @@ from hqq2gguf.runtime.metrics import paired_kld_ratio
 logger = logging.getLogger("allocation")
 
 BUDGETS = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K")
-SERIES = ("llama.cpp", "llama.cpp + imatrix", "hqq2gguf", "hqq2gguf allocated", "llama.cpp, hqq2gguf's allocation")
+SERIES = ("llama.cpp", "llama.cpp + imatrix", "hqq2gguf", "hqq2gguf allocated", "llama.cpp given hqq2gguf's types")
 BASE = "llama.cpp"
 LLAMA_QUANTIZE = REPO / ".cache" / "llama-tools" / "build" / "bin" / "llama-quantize"
 
@@ -79,7 +79,7 @@ def render(doc: dict) -> str:
              f"Reference `{doc['reference']}`; corpus `{doc['corpus']}`, first {doc['n_chunks']} chunks x "
              f"{doc['n_ctx']} tokens (llama-perplexity --kl-divergence, hqq2gguf.runtime.evaluate). Budgets: the "
              "bytes of llama.cpp's recipe file; `hqq2gguf allocated` is `--type RECIPE --allocate` (default "
-             "calibration: the model's own text); `llama.cpp, hqq2gguf's allocation` is llama-quantize given that "
+             "calibration: the model's own text); `llama.cpp given hqq2gguf's types` is llama-quantize given that "
              "file's types as --tensor-type (no imatrix): what the allocation alone buys.", "",
              f"Command: `{doc['command']}` (code {doc['code']}); carried rows name their source in the JSON.", "",
              "| budget | series | bytes | mean KLD | top-1 | PPL | quantize s | KLD / llama.cpp (paired ± 2 s.e.) "
@@ -112,7 +112,7 @@ def plot(doc: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     styles = {"llama.cpp": ("o-", "tab:gray"), "llama.cpp + imatrix": ("s--", "tab:blue"),
               "hqq2gguf": ("^-", "tab:orange"), "hqq2gguf allocated": ("D-", "tab:red"),
-              "llama.cpp, hqq2gguf's allocation": ("v:", "tab:green")}
+              "llama.cpp given hqq2gguf's types": ("v:", "tab:green")}
     for s in SERIES:
         pts = sorted((r["bytes"] / 1e6, r["kld_mean"]) for r in doc["rows"] if r["series"] == s)
         if pts:
