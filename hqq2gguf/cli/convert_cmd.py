@@ -79,13 +79,15 @@ if TYPE_CHECKING:
 @click.option("--split-max-tensors", type=int, default=0, metavar="N",
               help="Split the output into parts of at most N tensors (as llama.cpp's converter).")
 @click.option("--target-size", default=None, metavar="SIZE",
-              help="Choose every weight matrix's type by the solver's measured error so that the tensor data takes "
-                   "at most SIZE in the file: bytes, or e.g. 4.2GB (powers of 1000) or 3.9GiB (of 1024). Without "
-                   "--type the rest follows Q4_K_M. Prints the allocation and llama-quantize's equivalent.")
+              help="Choose every weight matrix's type by its predicted KLD (the solver's measured error x the "
+                   "matrix's sensitivity, measured by noise injection on the model's own text) so that the tensor "
+                   "data takes at most SIZE in the file: bytes, or e.g. 4.2GB (powers of 1000) or 3.9GiB (of "
+                   "1024). Without --type the rest follows Q4_K_M. Prints the allocation and llama-quantize's "
+                   "equivalent.")
 @click.option("--target-bpw", type=float, default=None, metavar="X",
               help="As --target-size, the budget in bits per weight over all tensors.")
 @click.option("--allocate", is_flag=True,
-              help="With --type RECIPE: re-allocate the recipe's own bytes by measured error (the file is no "
+              help="With --type RECIPE: re-allocate the recipe's own bytes by predicted KLD (the file is no "
                    "larger than the recipe's).")
 @clean_errors
 def convert(model: Path, no_check_finite: bool, **options: object) -> None:
