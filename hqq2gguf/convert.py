@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hqq2gguf.allocate import Allocation, allocate
+from hqq2gguf.allocate import Allocation, allocate, check_budget
 from hqq2gguf.calibrate import Importance, column_importance
 from hqq2gguf.encode import encode_tensor
 from hqq2gguf.options import ConvertOptions, Device, OutType
@@ -66,6 +66,7 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
     explicit = explicit_output(options)
     if explicit is not None and not out_split(options):  # refused before calibration, not after it
         check_output_path(explicit, force=options.force)
+    check_budget(source, options)  # an unreachable byte budget, too
     with runnable_model(source, options, needed=options.calibrated or options.allocating) as runnable:
         importance = column_importance(source, options, runnable)
         allocation = allocate(source, options, importance, runnable)

@@ -249,7 +249,12 @@ def test_target_bpw_and_user_overrides_are_fixed_points(model_dir: Path, tmp_pat
 @pytest.mark.parametrize("words, fixed", [(["--target-size", "1000"], False), (["--target-size", "1GB"], False),
                                           (["--target-bpw", "2.9", "--output-tensor-type", "F16"], True)])
 def test_unreachable_budget_is_one_line_naming_the_range(model_dir: Path, tmp_path: Path, words: list[str],
-                                                         fixed: bool) -> None:
+                                                         fixed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before the model is run (calibration, sensitivity): one line naming the feasible range."""
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was run before the budget was checked")
+
+    monkeypatch.setattr("hqq2gguf.convert.runnable_model", no_run)
     out = tmp_path / "m.gguf"
     result = CliRunner().invoke(main, ["convert", str(model_dir), "-o", str(out), *words])
     assert result.exit_code == 1, result.output

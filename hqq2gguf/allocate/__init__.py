@@ -51,7 +51,7 @@ from hqq2gguf.sources import Source
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Allocation", "Choice", "allocate", "format_table", "llama_quantize_args"]
+__all__ = ["Allocation", "Choice", "allocate", "check_budget", "format_table", "llama_quantize_args"]
 
 _MAX_RESERVE_ROUNDS = 8
 
@@ -80,11 +80,7 @@ def allocate(source: Source, options: ConvertOptions, importance: Importance,
     if not options.allocating:
         return None
     start = time.perf_counter()
-    layout = _layout(source, options)
-    target, budget = _budget(source, options, layout)
-    low, high = layout.range()
-    if not low <= budget <= high:
-        raise OptionError(_range_message(target, budget, low, high, layout, source))
+    layout, target, budget = _checked_budget(source, options)
     logger.info("allocation (%s): measuring %d tensors x up to %d types on at most %d rows each", target,
                 len(layout.candidates), max(map(len, layout.candidates.values()), default=0), SAMPLED_ROWS)
     sensitivity = (Sensitivity() if runnable is None else
@@ -98,6 +94,22 @@ def allocate(source: Source, options: ConvertOptions, importance: Importance,
     logger.info("allocation: %d tensors typed in %.1f s, tensor data %s of %s bytes", len(allocation.choices),
                 allocation.seconds, f"{allocation.nbytes:,}", f"{allocation.budget:,}")
     return allocation
+
+
+def check_budget(source: Source, options: ConvertOptions) -> None:
+    """Refuse a budget the candidates cannot reach (an OptionError naming the feasible range): before anything
+    is calibrated or measured."""
+    if options.allocating:
+        _checked_budget(source, options)
+
+
+def _checked_budget(source: Source, options: ConvertOptions) -> tuple[_Layout, str, int]:
+    layout = _layout(source, options)
+    target, budget = _budget(source, options, layout)
+    low, high = layout.range()
+    if not low <= budget <= high:
+        raise OptionError(_range_message(target, budget, low, high, layout, source))
+    return layout, target, budget
 
 
 def _layout(source: Source, options: ConvertOptions) -> _Layout:
