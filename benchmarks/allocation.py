@@ -131,10 +131,10 @@ def plot(doc: dict, path: Path) -> None:
 
 def write(doc: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"allocation_{doc['name']}"
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(render(doc))
-    plot(doc, stem.with_suffix(".png"))
+    stem = f"allocation_{doc['name']}"  # names hold dots (qwen2.5-...): no with_suffix
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(render(doc))
+    plot(doc, out_dir / f"{stem}.png")
 
 
 @click.command()

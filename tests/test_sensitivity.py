@@ -12,7 +12,9 @@ import gguf
 import numpy as np
 import pytest
 
-from hqq2gguf.calibrate.sensitivity import PROBE_TEXT, Sensitivity, _fit, _Probe, kind, layer, measure_sensitivity
+from hqq2gguf.calibrate.sensitivity import (
+    PROBE_TEXT, Sensitivity, _fit, _Probe, kind, layer, measure_sensitivity, probe_groups,
+)
 from hqq2gguf.convert import convert
 from hqq2gguf.options import ConvertOptions, OutType
 
@@ -54,9 +56,11 @@ def test_fit_recovers_layer_and_kind_factors() -> None:
                    [[n for n in names if kind(n) == k] for k in kinds]:
         energy = {n: float(rng.uniform(0.5, 2.0)) for n in members}
         results.append((sum(truth[n] * energy[n] for n in members), energy))
+    results.append((0.5, {"output.weight": 0.25}))  # probed alone: its gain is the measurement
     fitted = _fit(results, rounds=2000)
     for n in names:
         assert fitted[n] == pytest.approx(truth[n], rel=1e-3)
+    assert fitted["output.weight"] == 2.0
 
 
 def test_gains_are_deterministic_and_cover_every_matrix(tiny_f16: Path) -> None:
@@ -65,7 +69,9 @@ def test_gains_are_deterministic_and_cover_every_matrix(tiny_f16: Path) -> None:
     b = measure_sensitivity(tiny_f16, names, seed=3, threads=2)
     assert a.gain == b.gain and set(a.gain) == set(names)
     assert all(g > 0 and math.isfinite(g) for g in a.gain.values())
-    assert a.record["probes"] == len({layer(n) for n in names}) + len({kind(n) for n in names})
+    first = [n for n in names if layer(n) == "blk.0"]
+    rest = [n for n in names if n not in first]
+    assert a.record["probes"] == len(first) + len({layer(n) for n in rest}) + len({kind(n) for n in rest})
     for n in names:  # mean squared inputs, one per column
         act = a.activations.for_tensor(n, _shape(tiny_f16, n))
         assert act is not None and act.shape[1] == _shape(tiny_f16, n)[-1] and (act > 0).all()
@@ -82,3 +88,12 @@ def test_a_matrix_not_probed_gets_its_kinds_median() -> None:
     assert s.gain_of("blk.7.ffn_down.weight") == 2.0
     assert s.gain_of("blk.7.ffn_up_exps.weight") == 3.0  # no such kind probed: the median of all
     assert Sensitivity().gain_of("anything") == 1.0
+
+
+def test_the_first_block_and_the_tensors_outside_the_blocks_are_probed_alone() -> None:
+    names = [f"blk.{i}.{k}.weight" for i in range(3) for k in ("attn_q", "ffn_down")] + ["output.weight"]
+    groups = probe_groups(names)
+    assert groups["blk.0.attn_q.weight"] == ["blk.0.attn_q.weight"] and groups["output.weight"] == ["output.weight"]
+    assert groups["blk.1"] == ["blk.1.attn_q.weight", "blk.1.ffn_down.weight"]
+    assert groups["kind ffn_down.weight"] == ["blk.1.ffn_down.weight", "blk.2.ffn_down.weight"]
+    assert len(groups) == 2 + 1 + 2 + 2
