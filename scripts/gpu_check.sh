@@ -139,7 +139,11 @@ fi
 
 TOTAL=$(( $(date +%s) - START ))
 echo "" >> "$SUMMARY"; echo "total ${TOTAL} s" >> "$SUMMARY"
-if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/gpu_check" && cp -r "$RESULTS/." "$OUT/gpu_check/"; fi
+# the device tool returns at most 8 files: every result in one archive, the summary and the log beside it
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT/gpu_check" && tar czf "$OUT/gpu_check/gpu_check.tar.gz" -C "$RESULTS" . \
+    && cp "$SUMMARY" "$RESULTS/gpu_check.log" "$OUT/gpu_check/"
+fi
 echo "== results in $RESULTS${OUT:+ and $OUT/gpu_check}"; cat "$SUMMARY"
 if [ -n "$REASON" ] && [ $DRY = 0 ]; then
   echo "NO GPU CHECK WAS RUN: $REASON"; exit 3

@@ -49,23 +49,27 @@ def check_tensors(rows: int) -> list[dict[str, object]]:
     from hqq2gguf.cuda import CUDA_TYPES, encode_cuda
     from hqq2gguf.optimize import encode
 
-    x = realistic((rows, 4096), torch.Generator().manual_seed(11)).float()
+    gen = torch.Generator().manual_seed(11)
+    x = realistic((rows, 4096), gen).float()
+    # column importance shaped like an imatrix's (a few columns far above the rest): the weighted kernels
+    weights = torch.exp(2 * torch.randn(4096, generator=gen)).to(torch.float32)
     out = []
-    for qtype in CUDA_TYPES:
+    for qtype, importance in [(q, None) for q in CUDA_TYPES] + [(q, weights) for q in CUDA_TYPES]:
         t0 = time.perf_counter()
-        ours = encode_cuda(x, qtype)
+        ours = encode_cuda(x, qtype, importance=importance)
         t1 = time.perf_counter()
-        ref = encode(x, qtype)
+        ref = encode(x, qtype, importance=importance)
         t2 = time.perf_counter()
         size = gguf.GGML_QUANT_SIZES[qtype][1]
         same = float((ours.packed.reshape(-1, size) == ref.packed.reshape(-1, size)).all(axis=1).mean())
         finite = bool(np.isfinite(gguf.quants.dequantize(ours.packed, qtype)).all())
         ratio = ours.objective / max(ref.objective, 1e-300)
         ok = same == 1.0 or (same >= BOUND and finite and ratio <= 1.01 and ours.objective <= ours.baseline_objective)
-        out.append({"type": qtype.name, "identical_blocks": same, "objective_vs_torch": ratio, "finite": finite,
+        out.append({"type": qtype.name, "importance": importance is not None, "identical_blocks": same, "objective_vs_torch": ratio, "finite": finite,
                     "cuda_s": t1 - t0, "torch_s": t2 - t1, "ok": ok})
-        logger.info("%-7s identical %.5f objective x%.5f cuda %.2f s torch %.2f s %s", qtype.name, same, ratio,
-                    t1 - t0, t2 - t1, "ok" if ok else "FAILED")
+        logger.info("%-7s %-10s identical %.5f objective x%.5f cuda %.2f s torch %.2f s %s", qtype.name,
+                    "importance" if importance is not None else "plain", same, ratio, t1 - t0, t2 - t1,
+                    "ok" if ok else "FAILED")
     return out
 
 
@@ -81,8 +85,17 @@ def check_models(workdir: Path) -> list[dict[str, object]]:
     import tiny_models
     from test_quantize import SPEC  # the K-quant-shaped tiny model the tests convert
     from hqq2gguf.convert import convert
-    from hqq2gguf.options import ConvertOptions, Device
+    from hqq2gguf.options import Calibration, ConvertOptions, Device, ImportanceSource
     from hqq2gguf.recipes import Recipe
+
+    # self-calibration runs llama.cpp (llama-cpp-python), which a bare GPU machine lacks; the data-free
+    # --importance proxy still sends column importance through the weighted kernels
+    try:
+        import llama_cpp  # noqa: F401
+        calibrated = True
+    except ImportError:
+        calibrated = False
+    extra = {} if calibrated else {"calibration": Calibration.NONE, "importance": ImportanceSource.DERIVED}
 
     model = tiny_models.build_tiny_model(SPEC, workdir / SPEC.name)
     out = []
@@ -91,7 +104,8 @@ def check_models(workdir: Path) -> list[dict[str, object]]:
         for device in (Device.CPU, Device.CUDA):
             t0 = time.perf_counter()
             paths[device] = convert(model, ConvertOptions(recipe=Recipe(recipe), device=device, force=True,
-                                                          output=workdir / f"{recipe}-{device.value}.gguf")).path
+                                                          output=workdir / f"{recipe}-{device.value}.gguf",
+                                                          **extra)).path
             seconds[device.value] = time.perf_counter() - t0
         identical = paths[Device.CPU].read_bytes() == paths[Device.CUDA].read_bytes()
         pairs = list(zip(_blocks(paths[Device.CUDA]), _blocks(paths[Device.CPU])))
@@ -100,7 +114,8 @@ def check_models(workdir: Path) -> list[dict[str, object]]:
         finite = all(np.isfinite(gguf.quants.dequantize(a, q)).all() for (q, a), _ in pairs
                      if q not in (Q.F32, Q.F16))
         ok = identical or (same / n >= BOUND and finite)
-        out.append({"recipe": recipe, "identical_file": identical, "identical_blocks": same / n, "finite": finite,
+        out.append({"recipe": recipe, "importance": "self-calibration" if calibrated else "--importance proxy",
+                    "identical_file": identical, "identical_blocks": same / n, "finite": finite,
                     "seconds": seconds, "ok": ok})
         logger.info("%-7s identical file %s, blocks %.5f %s", recipe, identical, same / n, "ok" if ok else "FAILED")
     return out
@@ -109,12 +124,14 @@ def check_models(workdir: Path) -> list[dict[str, object]]:
 def markdown(doc: dict) -> str:
     lines = ["# --device cuda against the torch path", "", f"{doc['mode']}, {doc['date']}.", "",
              f"## Tensors ({doc['rows']} x 4096 realistic weights)", "",
-             "| type | identical blocks | objective vs torch | cuda s | torch s | ok |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['type']} | {r['identical_blocks']:.5f} | {r['objective_vs_torch']:.5f} | {r['cuda_s']:.2f} | "
+             "| type | importance | identical blocks | objective vs torch | cuda s | torch s | ok |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['type']} | {'yes' if r['importance'] else 'no'} | {r['identical_blocks']:.5f} | {r['objective_vs_torch']:.5f} | {r['cuda_s']:.2f} | "
               f"{r['torch_s']:.2f} | {'yes' if r['ok'] else 'NO'} |" for r in doc["tensors"]]
     lines += ["", "## Tiny model conversions (tests/tiny_models.py, built here)", "",
-              "| recipe | identical file | identical blocks | cpu s | cuda s | ok |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['recipe']} | {r['identical_file']} | {r['identical_blocks']:.5f} | {r['seconds']['cpu']:.1f} | "
+              "| recipe | importance | identical file | identical blocks | cpu s | cuda s | ok |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['recipe']} | {r['importance']} | {r['identical_file']} | {r['identical_blocks']:.5f} | {r['seconds']['cpu']:.1f} | "
               f"{r['seconds']['cuda']:.1f} | {'yes' if r['ok'] else 'NO'} |" for r in doc["models"]]
     if doc.get("errors"):
         lines += ["", "## Errors", ""] + [f"- {e}" for e in doc["errors"]]
