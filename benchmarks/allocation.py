@@ -175,8 +175,9 @@ def main(reference: Path, name: str, budgets: str, series: str, n_chunks: int, n
             s, b = r.get("series") or _series(old, r["quantizer"]), r.get("budget") or r["recipe"]
             if b in wanted_budgets and s in wanted and "chunk_kld" in r:
                 doc["rows"] = [x for x in doc["rows"] if (x["budget"], x["series"]) != (b, s)]
-                doc["rows"].append(r | {"budget": b, "series": s, "carried_from": str(kept),
-                                        "carried_code": r.get("code", old.get("code"))})
+                # a row carried twice names where it was first made
+                doc["rows"].append(r | {"budget": b, "series": s, "carried_from": r.get("carried_from", str(kept)),
+                                        "carried_code": r.get("carried_code", r.get("code", old.get("code")))})
     reference_cache(reference, text, cache, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=threads)
     done = {(r["budget"], r["series"]) for r in doc["rows"]}
     for budget in wanted_budgets:
