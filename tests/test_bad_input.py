@@ -242,8 +242,11 @@ def test_interrupt_mid_write_leaves_nothing(model: Path, tmp_path: Path, sig: si
     out.mkdir()
     before = tree_digest(model)
     env = dict(os.environ, HQQ2GGUF_TEST_SLOW_WRITE_S="0.5")
+    # a shell's background job (`pytest ... &`) runs with SIGINT ignored, which the child would inherit and keep:
+    # the child starts with the default disposition, as a command typed at a terminal does
     proc = subprocess.Popen([sys.executable, "-m", "hqq2gguf", "convert", str(model), "-o", str(out / "m.gguf")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not any(p.name.endswith(".partial") for p in out.iterdir()):
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
