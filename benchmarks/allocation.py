@@ -100,6 +100,7 @@ def render(doc: dict) -> str:
                 cells.append(f"{pr:.3f} ± {2 * se:.3f}")
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Picture: `allocation_{doc['name']}.png`."] + ([f"Run {doc['stopped']}."] if doc.get("stopped") else [])
+    lines += [f"Note: {n}" for n in doc.get("notes", [])]  # added by hand where rows were carried or mixed
     lines.append("")
     return "\n".join(lines)
 
