@@ -9,7 +9,9 @@ scaled to all rows) times the tensor's measured sensitivity.
 importance, every block solved on its own: a sampled row gets the very blocks it gets in the file), and
 ``decoded`` what ggml decodes from those blocks. ``activation`` is the mean squared input of each column
 (so the sum estimates the squared error the tensor adds to its output per token) and ``gain`` the KLD per unit
-of that error (:mod:`hqq2gguf.calibrate.sensitivity`), both measured on the model's own text. Without them
+of that error (:mod:`hqq2gguf.calibrate.sensitivity`), both measured on the model's own text (the probes' 128
+tokens; the self-calibration's ~1000 tokens instead gave no gain: SmolLM2-135M at Q4_K_M's bytes, seeds 0 / 1,
+mean KLD 0.0353 / 0.0382 with the probes', 0.0350 / 0.0385 with the calibration's). Without them
 (:class:`Sensitivity` empty) the cost is the plain squared error: what the tests of the choice itself use.
 """
 
