@@ -124,7 +124,12 @@ def plot(doc: dict, path: Path) -> None:
     ax.set_ylabel("mean KLD to the F16 reference (log)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"{doc['name']}: KLD at llama.cpp's recipe sizes ({', '.join(doc['budgets'])})")
+    by_size = sorted({r["budget"]: r["bytes"] for r in doc["rows"] if r["series"] == "llama.cpp"}.items(),
+                     key=lambda kv: kv[1])
+    for budget, nbytes in by_size:  # each budget named at its size, not in a title that outgrows the figure
+        ax.annotate(budget, (nbytes / 1e6, 0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+                    textcoords="offset points", ha="center", fontsize=8, color="tab:gray")
+    ax.set_title(f"{doc['name']}: mean KLD at the sizes of llama.cpp's recipe files")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
