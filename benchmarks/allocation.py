@@ -99,7 +99,8 @@ def render(doc: dict) -> str:
                 pr, se = paired_kld_ratio(r["chunk_kld"], other["chunk_kld"])
                 cells.append(f"{pr:.3f} ± {2 * se:.3f}")
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Picture: `allocation_{doc['name']}.png`."] + ([f"Run {doc['stopped']}."] if doc.get("stopped") else [])
+    lines += ["", f"Picture: `allocation_{doc['name']}.png`."]
+    lines += [f"Run {doc['stopped']}."] if doc.get("stopped") else []
     lines += [f"Note: {n}" for n in doc.get("notes", [])]  # added by hand where rows were carried or mixed
     lines.append("")
     return "\n".join(lines)

@@ -65,8 +65,8 @@ def check_tensors(rows: int) -> list[dict[str, object]]:
         finite = bool(np.isfinite(gguf.quants.dequantize(ours.packed, qtype)).all())
         ratio = ours.objective / max(ref.objective, 1e-300)
         ok = same == 1.0 or (same >= BOUND and finite and ratio <= 1.01 and ours.objective <= ours.baseline_objective)
-        out.append({"type": qtype.name, "importance": importance is not None, "identical_blocks": same, "objective_vs_torch": ratio, "finite": finite,
-                    "cuda_s": t1 - t0, "torch_s": t2 - t1, "ok": ok})
+        out.append({"type": qtype.name, "importance": importance is not None, "identical_blocks": same,
+                    "objective_vs_torch": ratio, "finite": finite, "cuda_s": t1 - t0, "torch_s": t2 - t1, "ok": ok})
         logger.info("%-7s %-10s identical %.5f objective x%.5f cuda %.2f s torch %.2f s %s", qtype.name,
                     "importance" if importance is not None else "plain", same, ratio, t1 - t0, t2 - t1,
                     "ok" if ok else "FAILED")
@@ -126,13 +126,15 @@ def markdown(doc: dict) -> str:
              f"## Tensors ({doc['rows']} x 4096 realistic weights)", "",
              "| type | importance | identical blocks | objective vs torch | cuda s | torch s | ok |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['type']} | {'yes' if r['importance'] else 'no'} | {r['identical_blocks']:.5f} | {r['objective_vs_torch']:.5f} | {r['cuda_s']:.2f} | "
-              f"{r['torch_s']:.2f} | {'yes' if r['ok'] else 'NO'} |" for r in doc["tensors"]]
+    lines += [f"| {r['type']} | {'yes' if r['importance'] else 'no'} | {r['identical_blocks']:.5f} | "
+              f"{r['objective_vs_torch']:.5f} | {r['cuda_s']:.2f} | {r['torch_s']:.2f} | {'yes' if r['ok'] else 'NO'} |"
+              for r in doc["tensors"]]
     lines += ["", "## Tiny model conversions (tests/tiny_models.py, built here)", "",
               "| recipe | importance | identical file | identical blocks | cpu s | cuda s | ok |",
               "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['recipe']} | {r['importance']} | {r['identical_file']} | {r['identical_blocks']:.5f} | {r['seconds']['cpu']:.1f} | "
-              f"{r['seconds']['cuda']:.1f} | {'yes' if r['ok'] else 'NO'} |" for r in doc["models"]]
+    lines += [f"| {r['recipe']} | {r['importance']} | {r['identical_file']} | {r['identical_blocks']:.5f} | "
+              f"{r['seconds']['cpu']:.1f} | {r['seconds']['cuda']:.1f} | {'yes' if r['ok'] else 'NO'} |"
+              for r in doc["models"]]
     if doc.get("errors"):
         lines += ["", "## Errors", ""] + [f"- {e}" for e in doc["errors"]]
     return "\n".join(lines) + "\n"
