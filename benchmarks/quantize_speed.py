@@ -90,7 +90,7 @@ def main(reference: Path, name: str, recipes: str, threads: int, repeats: int, s
         row |= {"best_seconds": best, "ratio": best[NONE] / best[LLAMA],
                 "target_met": best[NONE] <= 3 * best[LLAMA] + slack}
         doc["rows"].append(row)
-    write_results(out_dir, f"quantize_speed_{name}", doc, render)
+        write_results(out_dir, f"quantize_speed_{name}", doc, render)  # after every recipe: a cut-short run keeps its rows
 
 
 def render(doc: dict) -> str:

@@ -51,13 +51,15 @@ struct Best {
   bool base;
 };
 
-// weighted_sse of the block under (d, m) with the nearest codes.
+// weighted_sse of the block under (d, m) with the nearest codes, whose levels go to lv[] (the fit that follows
+// reuses them: the same codes under the same snapped d, m).
 template <class T>
-HQQ_FN float score(const Block<T>& b, float d, float m) {
+HQQ_FN float score(const Block<T>& b, float d, float m, float* lv) {
   const float inv = inv_of(d);
+  HQQ_UNROLL
+  for (int e = 0; e < T::B; ++e) lv[e] = T::Grid::level(nearest_code<typename T::Grid, T::AFFINE>(b.x[e], inv, m));
   return torch_sum<T::B, float>([&](int e) {
-    const float lv = T::Grid::level(nearest_code<typename T::Grid, T::AFFINE>(b.x[e], inv, m));
-    const float r = b.x[e] - (T::AFFINE ? d * lv + m : d * lv);
+    const float r = b.x[e] - (T::AFFINE ? d * lv[e] + m : d * lv[e]);
     return r * r * b.w[e];
   });
 }
@@ -65,33 +67,26 @@ HQQ_FN float score(const Block<T>& b, float d, float m) {
 // One start: the half-quadratic loop from the unsnapped (s, off); improves `best` in place.
 template <class T>
 HQQ_FN void run_start(const Block<T>& b, const Config& cfg, float s, float off, Best& best) {
+  float lv[T::B];
   int stall = 0;
   for (int it = 0;; ++it) {
     const float d = snap_fp16(s);
     const float m = T::AFFINE ? snap_fp16(off) : 0.0f;
-    const float obj = score<T>(b, d, m);
+    const float obj = score<T>(b, d, m, lv);
     const bool better = obj < best.obj;
     if (better) best = Best{d, m, obj, false};
     if (it == cfg.iterations) break;
     // fit (d, m) to the HQ target with the fitting weights
-    const float inv = inv_of(d), inv_step = hq_inv_step(d, cfg.hq_c[it]);
-    auto term = [&](int e, float& lv, float& t) {
-      lv = T::Grid::level(nearest_code<typename T::Grid, T::AFFINE>(b.x[e], inv, m));
-      t = hq_target(b.x[e], T::AFFINE ? d * lv + m : d * lv, inv_step, cfg.p_exp, cfg.shrink);
+    const float inv_step = hq_inv_step(d, cfg.hq_c[it]);
+    auto target = [&](int e) {
+      return hq_target(b.x[e], T::AFFINE ? d * lv[e] + m : d * lv[e], inv_step, cfg.p_exp, cfg.shrink);
     };
     if constexpr (T::AFFINE) {
-      const AffineSums sums = torch_sum<T::B, AffineSums>([&](int e) {
-        float lv, t;
-        term(e, lv, t);
-        return AffineSums::term(lv, t, b.wf[e]);
-      });
+      const AffineSums sums =
+          torch_sum<T::B, AffineSums>([&](int e) { return AffineSums::term(lv[e], target(e), b.wf[e]); });
       sums.solve(d, m, false, false, s, off);
     } else {
-      s = torch_sum<T::B, ScaleSums>([&](int e) {
-            float lv, t;
-            term(e, lv, t);
-            return ScaleSums::term(lv, t, b.wf[e]);
-          }).solve(d);
+      s = torch_sum<T::B, ScaleSums>([&](int e) { return ScaleSums::term(lv[e], target(e), b.wf[e]); }).solve(d);
     }
     if (cfg.patience && it > 0) {
       stall = better ? 0 : stall + 1;
@@ -101,30 +96,47 @@ HQQ_FN void run_start(const Block<T>& b, const Config& cfg, float s, float off, 
 }
 
 // The extra starts of block_scale._starts, in its order: per factor f, affine: the min/max fit of the
-// range shrunk by f; symmetric: f * absmax mapped to the lowest, then the highest level.
+// range shrunk by f; symmetric: f * absmax mapped to the lowest, then the highest level. A start whose snapped
+// (d, m) equals an earlier start's (llama.cpp's included) retraces it step for step and loses every tie to it:
+// it is skipped, as BestOfStarts.drop_repeats does (no byte changes; Q4_0's -absmax/8 start IS llama.cpp's).
 template <class T>
-HQQ_FN void run_extra_starts(const Block<T>& b, const Config& cfg, Best& best_of_all, float base_obj) {
+HQQ_FN void run_extra_starts(const Block<T>& b, const Config& cfg, Best& best_of_all, float d0, float m0,
+                             float base_obj) {
   float lo = b.x[0], hi = b.x[0], xm = b.x[0];
   for (int e = 1; e < T::B; ++e) {
     lo = b.x[e] < lo ? b.x[e] : lo;
     hi = b.x[e] > hi ? b.x[e] : hi;
     if (abs_f(b.x[e]) > abs_f(xm)) xm = b.x[e];  // the first largest |x|, as argmax
   }
-  const Best base{0.0f, 0.0f, base_obj, true};
-  for (int k = 0; k < cfg.n_factors; ++k) {
-    const float f = cfg.factors[k];
-    const int n_sides = T::AFFINE ? 1 : 2;
-    for (int side = 0; side < n_sides; ++side) {
-      Best best = base;
-      if constexpr (T::AFFINE) {
-        const float r = hi - lo;
-        const float s = f * r / (T::Grid::HI - T::Grid::LO);
-        run_start<T>(b, cfg, s, lo + cfg.one_minus[k] * r / 2.0f - s * T::Grid::LO, best);
-      } else {
-        run_start<T>(b, cfg, f * xm / (side == 0 ? T::Grid::LO : T::Grid::HI), 0.0f, best);
-      }
-      if (best.obj < best_of_all.obj) best_of_all = best;  // argmin over starts: the first on ties
+  constexpr int n_sides = T::AFFINE ? 1 : 2;
+  auto start = [&](int k, float& s, float& off) {  // extra start k (factor k / n_sides, side k % n_sides)
+    const float f = cfg.factors[k / n_sides];
+    if constexpr (T::AFFINE) {
+      const float r = hi - lo;
+      s = f * r / (T::Grid::HI - T::Grid::LO);
+      off = lo + cfg.one_minus[k / n_sides] * r / 2.0f - s * T::Grid::LO;
+    } else {
+      s = f * xm / (k % n_sides == 0 ? T::Grid::LO : T::Grid::HI);
+      off = 0.0f;
     }
+  };
+  auto same = [](float s, float off, float d, float m) {  // trajectory keys: the bits of the snapped d (and m)
+    return float_bits(snap_fp16(s)) == float_bits(d) && (!T::AFFINE || float_bits(snap_fp16(off)) == float_bits(m));
+  };
+  const Best base{0.0f, 0.0f, base_obj, true};
+  for (int k = 0; k < cfg.n_factors * n_sides; ++k) {
+    float s, off;
+    start(k, s, off);
+    bool repeat = same(s, off, d0, m0);
+    for (int j = 0; j < k && !repeat; ++j) {
+      float sj, offj;
+      start(j, sj, offj);
+      repeat = same(s, off, snap_fp16(sj), snap_fp16(offj));
+    }
+    if (repeat) continue;
+    Best best = base;
+    run_start<T>(b, cfg, s, off, best);
+    if (best.obj < best_of_all.obj) best_of_all = best;  // argmin over starts: the first on ties
   }
 }
 
@@ -149,7 +161,7 @@ HQQ_FN void solve_block(const Inputs& in, const Config& cfg, long long i) {
   });
   Best best{d0, m0, base_obj, true};
   run_start<T>(b, cfg, d0, m0, best);  // start 0: llama.cpp's own fields
-  run_extra_starts<T>(b, cfg, best, base_obj);
+  run_extra_starts<T>(b, cfg, best, d0, m0, base_obj);
   if (!best.base) {
     const float inv = inv_of(best.d);
     for (int e = 0; e < T::B; ++e) q[e] = (signed char)nearest_code<typename T::Grid, T::AFFINE>(b.x[e], inv, best.m);

@@ -118,6 +118,7 @@ struct IntGrid {
 struct Iq4Grid {
   static constexpr int QMIN = 0, QMAX = 15;
   static constexpr float LO = -127.0f, HI = 113.0f;
+#if HQQ_DEVICE_BUILD  // registers only: compare chains (a table indexed at run time would live in local memory)
   HQQ_FN static float level(int q) {  // -127 plus the steps between consecutive levels below q
     return (float)(-127 + 23 * (q > 0) + 21 * (q > 1) + 18 * (q > 2) + 16 * (q > 3) + 14 * (q > 4) + 13 * (q > 5)
                    + 12 * (q > 6) + 11 * (q > 7) + 12 * (q > 8) + 12 * (q > 9) + 13 * (q > 10) + 15 * (q > 11)
@@ -129,9 +130,23 @@ struct Iq4Grid {
            + (v > -4.5f) + (v > 7.0f) + (v > 19.0f) + (v > 31.5f) + (v > 45.5f) + (v > 61.0f) + (v > 79.0f)
            + (v > 101.0f);
   }
+#else  // the CPU: the same answers from tables, four compares instead of fifteen
+  HQQ_FN static float level(int q) {
+    static constexpr float kLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+    return kLevels[q];
+  }
+  HQQ_FN static int nearest(float v) {  // binary search: the count of midpoints < v (0 for NaN, as above)
+    static constexpr float kMids[16] = {-115.5f, -93.5f, -74.0f, -57.0f, -42.0f, -28.5f, -16.0f, -4.5f,
+                                        7.0f,    19.0f,  31.5f,  45.5f,  61.0f,  79.0f,  101.0f, 1e30f};
+    int i = (v > kMids[7]) ? 8 : 0;
+    i += (v > kMids[i + 3]) ? 4 : 0;
+    i += (v > kMids[i + 1]) ? 2 : 0;
+    i += (v > kMids[i]) ? 1 : 0;
+    return i;
+  }
+#endif
 };
 
-// core.Grid.codes for one element: affine v = (x - offset) * inv_scale, else v = x * inv_scale.
 template <class Grid, bool AFFINE>
 HQQ_FN int nearest_code(float x, float inv_scale, float offset) {
   return Grid::nearest(AFFINE ? (x - offset) * inv_scale : x * inv_scale);
@@ -147,7 +162,9 @@ HQQ_FN float hq_inv_step(float step, float c) { return (1.0f / clamp_min(abs_f(s
 HQQ_FN float hq_target(float x, float x_hat, float inv_step, float p_exp, bool shrink) {
   if (!shrink) return x;
   const float e = x - x_hat;
-  const float f = pow_f(clamp_min(abs_f(e) * inv_step, 1e-12f), p_exp);
+  const float a = abs_f(e) * inv_step;
+  if (a <= 0.999f) return x;  // (a)**p_exp >= 1: not shrunk (core.hq_target's _SHRINK_FROM, the same test)
+  const float f = pow_f(clamp_min(a, 1e-12f), p_exp);
   return x - e * clamp_min(1.0f - f, 0.0f);
 }
 

@@ -127,6 +127,8 @@ HQQ_FN void pick_sub(const View& v, int radius, Fields<T>& f, const float* s, co
       const float sc = clamp(sc0 + (float)nth_offset(ki), (float)T::SC_LO, (float)T::SC_HI);
       for (int kj = 0; kj < (T::AFFINE ? n : 1); ++kj) {
         const float mn = T::AFFINE ? clamp(mn0 + (float)nth_offset(kj), 0.0f, (float)T::MN_HI) : 0.0f;
+        // the current pair: its error is err[g] (the same sum), which cannot beat best_err <= err[g]
+        if (sc == f.sc[g] && mn == f.mn[g]) continue;
         const float D = f.d * sc;
         const float e = sub_sse<T>(v, g, D, T::AFFINE ? -(f.dmin * mn) : 0.0f);
         if (e < best_err) {

@@ -58,7 +58,7 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
     input_path = resolved.path
     if resolved.hub_id is not None and options.model_name is None:  # named after the id, as llama.cpp's --remote
         options = dataclasses.replace(options, model_name=resolved.hub_id)
-    if options.recipe is not None and options.device is not Device.CPU:  # before any reading: fail early
+    if options.recipe is not None and options.device is not Device.TORCH:  # before any reading: fail early
         from hqq2gguf.cuda import resolve_device
 
         options = dataclasses.replace(options, device=resolve_device(options.device))

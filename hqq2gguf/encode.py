@@ -1,7 +1,7 @@
 """Encode: one planned tensor's float data -> its output bytes. The single dispatcher of the pipeline.
 
-* block types of a recipe: the HQQ solver (:mod:`hqq2gguf.optimize`), on the CPU (torch) or in the fused
-  CUDA kernels (:mod:`hqq2gguf.cuda`) as ``--device`` resolved;
+* block types of a recipe: the HQQ solver (:mod:`hqq2gguf.optimize`), as ``--device`` resolved: the fused
+  kernels (:mod:`hqq2gguf.cuda`) compiled for the CPU or on a GPU, or the pure-torch solver;
 * everything else: gguf-py's reference encoding (which keeps ``--outtype q8_0`` identical to llama.cpp's
   converter), or the bytes as they are for the pass-through integer types.
 """
@@ -58,10 +58,11 @@ def reference_encode(name: str, data: np.ndarray, out_type: gguf.GGMLQuantizatio
 
 
 def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
-                 importance: np.ndarray | None = None, device: Device = Device.CPU) -> np.ndarray:
+                 importance: np.ndarray | None = None, device: Device = Device.TORCH) -> np.ndarray:
     """HQQ-optimized blocks of ``array`` (numpy order, last axis blocked) as uint8 bytes; logs the error.
 
-    ``device``: CPU (the torch solver) or CUDA (resolved; the fused kernels for the types they cover).
+    ``device`` (resolved): CPU (the kernels compiled for the CPU), CUDA (the kernels on the GPU) or TORCH (the
+    torch solver); the types without a kernel (TQ1_0, TQ2_0) are solved by torch everywhere.
     A 3-D tensor's experts are solved one at a time, each with its own importance row."""
     start = time.perf_counter()
     n_expert = array.shape[0] if array.ndim == 3 else 1
@@ -85,4 +86,9 @@ def _solve_rows(rows: np.ndarray, qtype: gguf.GGMLQuantizationType, config: Solv
 
         if qtype in CUDA_TYPES:  # bounded per row part, like the torch path
             return encode_cuda(torch.from_numpy(rows), qtype, importance=importance, config=config)
+    if device is Device.CPU:
+        from hqq2gguf.cuda.solve_cpu import cpu_kernel_types, encode_cpu
+
+        if qtype in cpu_kernel_types():  # resolved: the compiled kernels write the torch solver's bytes here
+            return encode_cpu(torch.from_numpy(rows), qtype, importance=importance, config=config)
     return solver_encode(torch.from_numpy(rows), qtype, importance=importance, config=config)

@@ -32,12 +32,15 @@ class Device(str, Enum):
     """Where the HQQ solver runs (``--device``)."""
 
     AUTO = "auto"
-    """The fused CUDA kernels when a GPU, CuPy and the compiled kernels are all usable; the torch solver on the
-    CPU otherwise, with a log line saying why."""
+    """The fused CUDA kernels when a GPU, CuPy and the compiled kernels are all usable; CPU otherwise, with a log
+    line saying why."""
     CPU = "cpu"
-    """The pure-torch solver on the CPU: the reference, and the test oracle of the kernels."""
+    """The CPU: the same kernel sources compiled by the host C++ compiler (the torch solver's bytes, several times
+    faster), the torch solver where they cannot promise its bytes (no compiler, TQ1_0/TQ2_0; a log line says)."""
     CUDA = "cuda"
     """The fused CUDA kernels; an error (not a fallback) when they cannot run."""
+    TORCH = "torch"
+    """The pure-torch solver on the CPU: the reference, and the test oracle of the kernels."""
 
 
 class ImportanceSource(str, Enum):

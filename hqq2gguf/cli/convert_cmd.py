@@ -62,10 +62,12 @@ if TYPE_CHECKING:
 @click.option("--seed", type=int, default=None,
               help="Seed of the self-calibration text (--calibration self; default 0): the same seed gives the "
                    "same bytes. Without self-calibration the solver draws no random numbers and it changes nothing.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
-              help="Where the solver runs: the torch path, the fused CUDA kernels (compiled at run time; needs "
-                   "pip install 'hqq2gguf[cuda]'), or auto (CUDA when usable). cpu stays the default until the "
-                   "kernels have been verified on a GPU (cuda/README.md).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto", "torch"]), default="cpu", show_default=True,
+              help="Where the solver runs: cpu (the kernel sources compiled by the host C++ compiler, the torch "
+                   "solver's bytes; torch where no compiler works), the fused CUDA kernels (compiled at run time; "
+                   "needs pip install 'hqq2gguf[cuda]'), auto (CUDA when usable, else cpu), or torch (the pure-torch "
+                   "reference solver). cpu stays the default until the kernels have been verified on a GPU "
+                   "(cuda/README.md).")
 @click.option("--solver-weights", type=click.Choice(["auto", "none", "abs", "square", "llama", "importance"]),
               default=None, help="Element weights of the solver's objective (default: auto, llama.cpp's per type "
                                  "except |x| for Q3_K, chosen by KLD; with --imatrix: llama.cpp's imatrix weighting).")

@@ -2,6 +2,7 @@
 
     resolve_device("auto")   # Device.CUDA when a GPU, CuPy and the compiled kernels are usable, else Device.CPU
     resolve_device("cuda")   # Device.CUDA, or DeviceError saying in one line why not (never a silent fallback)
+    resolve_device("cpu")    # Device.CPU when the kernels compiled for the CPU are usable, else Device.TORCH
 """
 
 from __future__ import annotations
@@ -33,16 +34,29 @@ def resolve_device(requested: Device | str, device_index: int = 0) -> Device:
     except ValueError:
         known = ", ".join(d.value for d in Device)
         raise OptionError(f"--device must be one of {known}, got {requested!r}") from None
-    if device is Device.CPU:
-        return Device.CPU
+    if device in (Device.CPU, Device.TORCH):
+        return _cpu(device)
     found = _probe(device_index)
     if found is None:
         return Device.CUDA
     reason, level = found
     if device is Device.CUDA:
         raise DeviceError(f"--device cuda: {reason}")
-    logger.log(level, "--device auto: solving on the CPU (torch): %s", reason)
-    return Device.CPU
+    logger.log(level, "--device auto: solving on the CPU: %s", reason)
+    return _cpu(Device.CPU)
+
+
+def _cpu(device: Device) -> Device:
+    """CPU when the compiled kernels write the torch solver's bytes here, else TORCH (an INFO line says why)."""
+    if device is Device.TORCH:
+        return device
+    from hqq2gguf.cuda.solve_cpu import cpu_kernels_unusable_reason  # compiles the kernels once (cached on disk)
+
+    reason = cpu_kernels_unusable_reason()
+    if reason is None:
+        return Device.CPU
+    logger.info("solving with the torch solver (slower; the same bytes): %s", reason)
+    return Device.TORCH
 
 
 def _probe(device_index: int) -> tuple[str, int] | None:

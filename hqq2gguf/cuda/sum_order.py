@@ -54,6 +54,17 @@ def torch_sum_lanes() -> int:
     """The lane count whose order reproduces this process's ``torch.sum`` on float32 rows (DEFAULT_LANES,
     with a warning, when none does: the kernels then still run, but may differ from the torch path in the
     last bits of some sums)."""
+    lanes = detected_lanes()
+    if lanes is None:
+        logger.warning("torch's CPU sum order is none of %s-lane; the CUDA kernels assume %d lanes and may differ "
+                       "from the torch solver in the last bits", CANDIDATE_LANES, DEFAULT_LANES)
+        return DEFAULT_LANES
+    return lanes
+
+
+@functools.cache
+def detected_lanes() -> int | None:
+    """The lane count whose order reproduces this process's ``torch.sum`` on float32 rows, None when none does."""
     rng = np.random.default_rng(20240611)
     probes = {n: (rng.standard_normal((4, n)) * np.exp(3 * rng.standard_normal((4, n)))).astype(np.float32)
               for n in _SIZES}
@@ -62,6 +73,4 @@ def torch_sum_lanes() -> int:
     for lanes in CANDIDATE_LANES:
         if all(ordered_sum(row, lanes) == s for n, rows in probes.items() for row, s in zip(rows, sums[n])):
             return lanes
-    logger.warning("torch's CPU sum order is none of %s-lane; the CUDA kernels assume %d lanes and may differ "
-                   "from the torch solver in the last bits", CANDIDATE_LANES, DEFAULT_LANES)
-    return DEFAULT_LANES
+    return None

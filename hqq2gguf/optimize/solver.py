@@ -137,6 +137,16 @@ def llama_cpp_encoded(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, config:
 def _map_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None, config: SolverConfig,
                finish: Callable[[Solution, np.ndarray], T]) -> list[T]:
     """``finish(solution, rows)`` of every row part, in row order, parts side by side on the workers."""
+    return map_row_parts(spec, x, importance, config,
+                         lambda part, imp, cfg: finish(_solve_rows(spec, part, imp, cfg), part))
+
+
+def map_row_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None, config: SolverConfig,
+                  run_part: Callable[[np.ndarray, torch.Tensor | None, SolverConfig], T]) -> list[T]:
+    """``run_part(rows, importance, config)`` of every row part (checked float32 rows; the importance checked;
+    the config resolved for the type), in row order, parts side by side on ``config.workers`` threads with
+    ``config.threads`` torch threads. The one driver of the torch path and of the compiled kernels on the CPU
+    (hqq2gguf/cuda/solve_cpu.py), so their parts, threads and checks cannot drift apart."""
     xs = row_source(x, spec)
     rows, ne0 = xs.shape
     imp = checked_importance(importance, ne0, spec.name)
@@ -144,8 +154,7 @@ def _map_parts(spec: QuantSpec, x: torch.Tensor, importance: torch.Tensor | None
     workers = config.worker_count()
 
     def run(sl: slice) -> T:  # the float32 copy and the finiteness check, too, on the part's worker
-        part = part_rows(xs, sl, spec)
-        return finish(_solve_rows(spec, part, imp, config), part)
+        return run_part(part_rows(xs, sl, spec), imp, config)
 
     parts = row_parts(rows, ne0 // spec.block_size, config.blocks_per_part(spec.block_size), workers)
     with _threads(config.threads):

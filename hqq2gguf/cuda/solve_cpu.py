@@ -1,0 +1,96 @@
+"""The fused kernels as the CPU solver: ``cuda/*.cu`` compiled by the host C++ compiler, one block per loop step,
+row parts side by side on the solver's worker threads. Same bytes as the torch solver, several times faster.
+
+    x (rows, ne0) --the torch path's row parts and workers (optimize.solver.map_row_parts)--> per part, on a worker:
+      prepare (llama.cpp's answer, weights) -> the compiled kernel -> finish (float64 re-check) -> packed rows
+
+The torch solver stays the reference: the kernels' arithmetic is torch's, step for step and in torch's
+summation order (sum_order.py), and the tests hold every kernel to the torch bytes. Where that cannot be
+promised -- no C++ compiler, a build failure, a torch whose float32 sum order is not one the kernels know --
+:func:`cpu_kernels_unusable_reason` says why and the caller solves with torch (hqq2gguf/encode.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+import hqq2gguf.cuda.loader as loader
+from hqq2gguf.cuda.emulate import HostLauncher, host_library
+from hqq2gguf.cuda.host import check_kernel, finish, prepare
+from hqq2gguf.cuda.sum_order import detected_lanes
+from hqq2gguf.errors import DeviceError, UnsupportedError
+from hqq2gguf.optimize import Encoded, SolverConfig
+from hqq2gguf.optimize.solver import map_row_parts, solver_spec
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "HQQ2GGUF_KERNEL_CACHE"
+"""Where the compiled kernels are kept (one .so per source and flags): ``$HQQ2GGUF_KERNEL_CACHE``, else
+``$XDG_CACHE_HOME/hqq2gguf/kernels`` (``~/.cache/...``), else a directory in the system's temp dir."""
+
+_FAMILIES = ("block_scale", "kquant")
+
+
+def cache_dir() -> Path:
+    """The build directory of the CPU kernels, created if need be (the temp dir's when the home cache is not
+    writable)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    try:
+        (home / "hqq2gguf" / "kernels").mkdir(parents=True, exist_ok=True)
+        return home / "hqq2gguf" / "kernels"
+    except OSError:
+        return Path(tempfile.gettempdir()) / "hqq2gguf-kernels"
+
+
+@functools.cache
+def cpu_kernels_unusable_reason() -> str | None:
+    """None when the kernels compile and load here with torch's summation order (so they write the torch
+    solver's bytes), else one line saying why not. Compiles both kernel families once (a few seconds; cached
+    on disk by source and flags)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+        return f"the compiled kernels are not built for {platform.machine()}"
+    if detected_lanes() is None:
+        return "torch's float32 summation order here is not one the kernels reproduce"
+    try:
+        for family in _FAMILIES:
+            host_library(family, cache_dir(), ftz=False)
+    except (UnsupportedError, DeviceError) as exc:
+        return str(exc)
+    except (RuntimeError, OSError) as exc:  # a compiler that fails on our source, or an unwritable cache
+        return f"the kernels did not build: {str(exc).splitlines()[0]}"
+    return None
+
+
+def cpu_kernel_types() -> tuple[gguf.GGMLQuantizationType, ...]:
+    """Block types with a kernel (the rest, TQ1_0/TQ2_0, are solved by torch)."""
+    return tuple(loader.KERNELS)
+
+
+def encode_cpu(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torch.Tensor | None = None,
+               config: SolverConfig = SolverConfig()) -> Encoded:
+    """:func:`hqq2gguf.optimize.encode` with each row part's loop in the compiled kernel: the same packed blocks,
+    byte for byte, and the same four sums. Needs :func:`cpu_kernels_unusable_reason` to be None."""
+    spec = solver_spec(qtype)
+    check_kernel(spec)
+    launcher = HostLauncher(cache_dir(), ftz=False)  # IEEE denormals, as torch
+
+    def run_part(rows: np.ndarray, imp: torch.Tensor | None, cfg: SolverConfig) -> Encoded:
+        prep = prepare(spec, rows, imp, cfg)
+        out, _ = launcher.run(prep.inputs)
+        packed, solution = finish(prep, out)
+        x64 = rows.astype(np.float64)
+        return Encoded(packed, float(np.square(x64 - solution.values).sum()), float(np.square(x64).sum()),
+                       float(solution.objective.sum()), float(solution.baseline_objective.sum()))
+
+    return Encoded.join(map_row_parts(spec, x, importance, config, run_part))

@@ -1,0 +1,108 @@
+"""The kernels compiled for the CPU as the default solver (hqq2gguf/cuda/solve_cpu.py): the torch solver's bytes
+and sums, for every type with a kernel, every worker/part split, with importance; the file of --device cpu equal
+to --device torch's; and the fallback to torch, said in one line, where the kernels cannot promise that."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+import hqq2gguf.cuda.device as device_module
+import hqq2gguf.cuda.solve_cpu as solve_cpu
+from hqq2gguf.cuda import resolve_device
+from hqq2gguf.cuda.solve_cpu import cpu_kernel_types, encode_cpu
+from hqq2gguf.errors import UnsupportedError
+from hqq2gguf.optimize import SolverConfig, encode
+from hqq2gguf.options import Device
+
+Q = gguf.GGMLQuantizationType
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The kernels built in a test directory; the tests skip (saying so) on a machine without a C++ compiler."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv(solve_cpu.CACHE_ENV, str(tmp_path_factory.mktemp("cpu_kernels")))
+    solve_cpu.cpu_kernels_unusable_reason.cache_clear()
+    reason = solve_cpu.cpu_kernels_unusable_reason()
+    if reason is not None:
+        mp.undo()
+        pytest.skip(f"the compiled CPU kernels were NOT run: {reason}")
+    yield
+    mp.undo()
+    solve_cpu.cpu_kernels_unusable_reason.cache_clear()
+
+
+def _rows(rows: int, ne0: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(4, (rows, ne0)) * np.exp(rng.normal(0, 0.5, (rows, 1))) * 0.02
+    x[0, :40] = 0.0  # a zero block, and a constant one: the degenerate paths
+    x[1, :256] = 0.0125
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("qtype", cpu_kernel_types(), ids=lambda t: t.name)
+def test_encode_cpu_writes_the_torch_bytes_and_sums(qtype: Q, kernels: None) -> None:
+    x = torch.from_numpy(_rows(12, 512, seed=int(qtype)))
+    cfg = SolverConfig(llama_cpp_types=(), chunk_blocks=8, workers=3)  # several parts on several threads
+    ours, ref = encode_cpu(x, qtype, config=cfg), encode(x, qtype, config=cfg)
+    assert np.array_equal(ours.packed, ref.packed)
+    for name in ("sq_error", "sq_norm", "objective", "baseline_objective"):
+        assert getattr(ours, name) == pytest.approx(getattr(ref, name), rel=1e-12), name
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q5_1, Q.IQ4_NL, Q.Q3_K, Q.Q5_K, Q.IQ4_XS], ids=lambda t: t.name)
+def test_encode_cpu_with_importance_and_extra_starts(qtype: Q, kernels: None) -> None:
+    """Importance weights, several range factors (the repeated starts the kernel skips) and no early stop."""
+    x = torch.from_numpy(_rows(6, 768, seed=7))
+    imp = torch.from_numpy(np.random.default_rng(1).gamma(0.5, 2.0, 768).astype(np.float32))
+    cfg = SolverConfig.preset("thorough", iterations=3, workers=2)
+    assert np.array_equal(encode_cpu(x, qtype, importance=imp, config=cfg).packed,
+                          encode(x, qtype, importance=imp, config=cfg).packed)
+
+
+def test_types_without_a_kernel_are_refused(kernels: None) -> None:
+    assert Q.TQ1_0 not in cpu_kernel_types()
+    with pytest.raises(UnsupportedError, match="TQ1_0"):
+        encode_cpu(torch.zeros(1, 256), Q.TQ1_0)
+
+
+def test_cpu_resolves_to_the_kernels_and_torch_stays_torch(kernels: None) -> None:
+    assert resolve_device("cpu") is Device.CPU
+    assert resolve_device("torch") is Device.TORCH
+
+
+def test_without_a_compiler_cpu_is_torch_and_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler-hqq2gguf")
+    monkeypatch.setenv(solve_cpu.CACHE_ENV, str(tmp_path))  # nothing cached there
+    solve_cpu.cpu_kernels_unusable_reason.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger=device_module.__name__):
+            assert resolve_device("cpu") is Device.TORCH
+    finally:
+        solve_cpu.cpu_kernels_unusable_reason.cache_clear()
+    [record] = caplog.records
+    assert "torch solver" in record.getMessage() and "no-such-compiler-hqq2gguf" in record.getMessage()
+
+
+@pytest.mark.parametrize("recipe", ["Q4_K_M", "Q4_0", "IQ4_NL", "Q2_K", "TQ2_0"])
+def test_cli_cpu_file_is_the_torch_file(recipe: str, kernels: None, tiny_model_dir, tmp_path: Path) -> None:
+    """The user-visible promise: --device cpu (the default) writes the very file --device torch writes."""
+    from click.testing import CliRunner
+
+    from hqq2gguf.cli import main
+    from test_quantize import SPEC
+
+    model = tiny_model_dir(SPEC)
+    paths = {d: tmp_path / f"{d}.gguf" for d in ("cpu", "torch")}
+    for d, path in paths.items():
+        res = CliRunner().invoke(main, ["convert", str(model), "-o", str(path), "--type", recipe,
+                                        "--calibration", "none", "--device", d])
+        assert res.exit_code == 0, res.output
+    assert paths["cpu"].read_bytes() == paths["torch"].read_bytes()
