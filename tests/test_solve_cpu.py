@@ -17,8 +17,11 @@ import hqq2gguf.cuda.solve_cpu as solve_cpu
 from hqq2gguf.cuda import resolve_device
 from hqq2gguf.cuda.solve_cpu import cpu_kernel_types, encode_cpu
 from hqq2gguf.errors import UnsupportedError
-from hqq2gguf.optimize import SolverConfig, encode
+from hqq2gguf.optimize import SolverConfig, element_weights, encode
+from hqq2gguf.optimize.config import WeightMode
+from hqq2gguf.optimize.weights import uniform_weights
 from hqq2gguf.options import Device
+from hqq2gguf.qtypes import QUANT_TYPES, spec
 
 Q = gguf.GGMLQuantizationType
 
@@ -106,3 +109,15 @@ def test_cli_cpu_file_is_the_torch_file(recipe: str, kernels: None, tiny_model_d
                                         "--calibration", "none", "--device", d])
         assert res.exit_code == 0, res.output
     assert paths["cpu"].read_bytes() == paths["torch"].read_bytes()
+
+
+@pytest.mark.parametrize("importance", [False, True])
+@pytest.mark.parametrize("mode", list(WeightMode), ids=lambda m: m.value)
+def test_uniform_weights_says_when_the_weights_are_ones(mode: WeightMode, importance: bool) -> None:
+    """The host skips building and multiplying the weights exactly where element_weights gives ones."""
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 256)))
+    imp = torch.rand(256, dtype=torch.float64) + 0.5 if importance else None
+    for qtype in QUANT_TYPES:
+        s = spec(qtype)
+        ones = bool((element_weights(x, s, mode, imp) == 1).all())
+        assert uniform_weights(s, mode, imp) == ones, (qtype.name, mode, importance)

@@ -46,6 +46,7 @@ _ARGTYPES = [_F, _F, _F, _I8, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_lon
 FTZ_DEFINE = "-DHQQ_EMULATE_FTZ=1"
 """Runs the entry points with SSE's FTZ|DAZ bits set: the GPU's -ftz=true (cuda/common.cuh HQQ_FTZ_SCOPE)."""
 _libs: dict[Path, ctypes.CDLL] = {}
+_loaded: dict[tuple[str, Path | None, bool], ctypes.CDLL] = {}  # (family, build_dir, ftz) -> its library
 _lock = threading.Lock()
 
 
@@ -65,6 +66,9 @@ def host_library(family: str, build_dir: Path | None = None, *, ftz: bool = True
     if ftz and platform.machine().lower() not in _X86:
         raise UnsupportedError(f"the GPU's flush-to-zero is emulated with SSE's MXCSR, which {platform.machine()} "
                                "lacks: use HostLauncher(ftz=False)")
+    quick = (family, build_dir, ftz)
+    if quick in _loaded:  # a file's every row part asks: no source hashing after the first
+        return _loaded[quick]
     src = loader.source_dir() / f"{family}.cu"
     flags = CXX_FLAGS + loader.defines() + ((FTZ_DEFINE,) if ftz else ())
     key = hashlib.sha256("\0".join((loader.source_text(family), *flags)).encode()).hexdigest()[:16]
@@ -81,6 +85,7 @@ def host_library(family: str, build_dir: Path | None = None, *, ftz: bool = True
                     raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr}")
                 os.replace(tmp, lib)
             _libs[lib] = ctypes.CDLL(str(lib))
+        _loaded[quick] = _libs[lib]
         return _libs[lib]
 
 

@@ -23,6 +23,7 @@ from hqq2gguf.errors import InputError, UnsupportedError
 from hqq2gguf.optimize import Solution, SolverConfig, block_objective, element_weights
 # The torch path's own fitting-weight floor: one definition, so the contracts cannot drift.
 from hqq2gguf.optimize.solver import fitting_weights
+from hqq2gguf.optimize.weights import uniform_weights
 from hqq2gguf.pack import Fields
 from hqq2gguf.qtypes import Kind, QuantSpec
 
@@ -84,7 +85,8 @@ class Prepared:
     spec: QuantSpec
     inputs: BlockInputs
     x32: np.ndarray  # (rows, ne0)
-    w_rows: np.ndarray  # float64 (rows, ne0)
+    x64: np.ndarray  # the same, float64 (converted once, for the weights and both re-checks)
+    w_rows: np.ndarray | None  # float64 (rows, ne0); None when the weights are all ones (weights.uniform_weights)
     base_bytes: np.ndarray  # uint8 (n_blocks, type_size)
     base_obj: np.ndarray  # float64 (n_blocks,)
 
@@ -112,12 +114,16 @@ def prepare(spec: QuantSpec, x32: np.ndarray, imp: torch.Tensor | None, config: 
         base_bytes = pack.pack(spec.qtype, base_fields)  # validates the fields
         if base_bytes.shape[0] != n_blocks:
             raise InputError(f"{spec.name}: base_fields hold {base_bytes.shape[0]} blocks, x has {n_blocks}")
-    xt = torch.from_numpy(x32)
-    w_rows = element_weights(xt.to(torch.float64), spec, config.weights, imp)
-    w64 = w_rows.numpy().reshape(-1, B)
-    w = w_rows.to(torch.float32).reshape(-1, B)
+    x64 = x32.astype(np.float64)
+    if uniform_weights(spec, config.weights, imp):  # all ones: nothing to build in float64, nothing to multiply
+        w_rows, w64 = None, None
+        w = torch.ones(n_blocks, B, dtype=torch.float32)
+    else:
+        w_rows = element_weights(torch.from_numpy(x64), spec, config.weights, imp).numpy()
+        w64 = w_rows.reshape(-1, B)
+        w = torch.from_numpy(w_rows.astype(np.float32)).reshape(-1, B)
     wfit = fitting_weights(w)
-    base_obj = block_objective(x32.reshape(-1, B), pack.decode(spec.qtype, base_fields), w64)
+    base_obj = block_objective(x64.reshape(-1, B), pack.decode(spec.qtype, base_fields), w64)
     f = base_fields
     m, sc, mn = (f.dmin, f.sc, f.mn) if spec.kind is Kind.SUPER else (f.m, None, None)
     unused = np.zeros((n_blocks, 1), np.int8)  # fields the type does not have: valid pointers, never read
@@ -125,7 +131,7 @@ def prepare(spec: QuantSpec, x32: np.ndarray, imp: torch.Tensor | None, config: 
                          f.d.astype(np.float32), np.zeros(n_blocks, np.float32) if m is None else m.astype(np.float32),
                          unused if sc is None else np.ascontiguousarray(sc, np.int8),
                          unused if mn is None else np.ascontiguousarray(mn, np.int8), KernelParams.of(spec, config))
-    return Prepared(spec, inputs, x32, w_rows.numpy(), base_bytes, base_obj)
+    return Prepared(spec, inputs, x32, x64, w_rows, base_bytes, base_obj)
 
 
 def finish(prep: Prepared, out: np.ndarray) -> tuple[np.ndarray, Solution]:
@@ -137,8 +143,8 @@ def finish(prep: Prepared, out: np.ndarray) -> tuple[np.ndarray, Solution]:
     if out.shape != prep.base_bytes.shape:
         raise RuntimeError(f"{spec.name}: the kernel returned {out.shape} bytes for {prep.base_bytes.shape} "
                            "(internal error)")
-    xb = prep.x32.reshape(-1, B)
-    w64 = prep.w_rows.reshape(-1, B)
+    xb = prep.x64.reshape(-1, B)
+    w64 = None if prep.w_rows is None else prep.w_rows.reshape(-1, B)
     fields = _unpack_finite(spec, out)
     values = pack.decode(spec.qtype, fields)
     obj = block_objective(xb, values, w64)
@@ -151,7 +157,8 @@ def finish(prep: Prepared, out: np.ndarray) -> tuple[np.ndarray, Solution]:
         values = pack.decode(spec.qtype, fields)
         obj = block_objective(xb, values, w64)
     rows, ne0 = prep.x32.shape
-    solution = Solution(spec.qtype, fields, values.reshape(rows, ne0), obj, prep.base_obj, prep.w_rows)
+    weights = np.ones((rows, ne0)) if prep.w_rows is None else prep.w_rows
+    solution = Solution(spec.qtype, fields, values.reshape(rows, ne0), obj, prep.base_obj, weights)
     return out.reshape(rows, -1), solution
 
 

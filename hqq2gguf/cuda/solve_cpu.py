@@ -89,8 +89,12 @@ def encode_cpu(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance:
         prep = prepare(spec, rows, imp, cfg)
         out, _ = launcher.run(prep.inputs)
         packed, solution = finish(prep, out)
-        x64 = rows.astype(np.float64)
-        return Encoded(packed, float(np.square(x64 - solution.values).sum()), float(np.square(x64).sum()),
+        x = prep.x64
+        e = x - solution.values
+        # the log line's sums, one pass each; einsum, not a BLAS dot, whose own threads would fight the workers
+        # (SmolLM2-135M Q4_0: 9.5 s with np.dot, 6.9 s with einsum)
+        return Encoded(packed, float(np.einsum("ij,ij->", e, e)), float(np.einsum("ij,ij->", x, x)),
                        float(solution.objective.sum()), float(solution.baseline_objective.sum()))
+
 
     return Encoded.join(map_row_parts(spec, x, importance, config, run_part))

@@ -19,6 +19,19 @@ _LLAMA_SQUARE = (Q.Q3_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS)
 _AUTO_ABS = (Q.Q3_K,)
 
 
+def uniform_weights(spec: QuantSpec, mode: WeightMode, importance: torch.Tensor | None) -> bool:
+    """Whether :func:`element_weights` is all ones for this type, mode and importance (the objective is then the
+    plain squared error, and the weights need not be built or multiplied in)."""
+    if importance is not None:  # multiplied in by every mode
+        return False
+    if mode is WeightMode.NONE:
+        return True
+    if mode is WeightMode.AUTO and spec.qtype in _AUTO_ABS:
+        return False
+    return mode in (WeightMode.AUTO, WeightMode.LLAMA, WeightMode.IMPORTANCE) and spec.qtype not in (
+        _LLAMA_ABS + _LLAMA_AVX_ABS + _LLAMA_SQUARE)
+
+
 def element_weights(x: torch.Tensor, spec: QuantSpec, mode: WeightMode,
                     importance: torch.Tensor | None) -> torch.Tensor:
     """Weights (rows, ne0) float64 for rows ``x`` (rows, ne0) float64."""
