@@ -16,6 +16,7 @@ Qwen2.5-Coder-1.5B, 5 for SmolLM2: start-up). Writes benchmarks/results/quantize
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -64,8 +65,11 @@ def code_version() -> str:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(__file__).resolve().parents[1] / ".cache" / "speed", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
+@click.option("--update", is_flag=True,
+              help="Re-measure only --recipes in an existing results file: their rows are replaced (each row names "
+                   "the code it measured), the others kept, the command of the update recorded beside the first.")
 def main(reference: Path, name: str, recipes: str, threads: int, repeats: int, slack: float, default: bool,
-         llama_quantize: Path | None, workdir: Path, out_dir: Path) -> None:
+         llama_quantize: Path | None, workdir: Path, out_dir: Path, update: bool) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     big_name, big = largest_tensor_bytes(reference)
     bound = reference.stat().st_size + 3 * big + GIB  # a memory-mapped input's pages count in RSS
@@ -73,9 +77,14 @@ def main(reference: Path, name: str, recipes: str, threads: int, repeats: int, s
     doc = {"name": name, "reference": str(reference), "threads": threads, "repeats": repeats, "slack_s": slack,
            "command": shlex.join([sys.executable, *sys.argv]), "environment": environment(), "code": code_version(),
            "largest_tensor": big_name, "bound_bytes": bound, "rows": []}
+    existing = out_dir / f"quantize_speed_{name}.json"
+    if update and existing.is_file():
+        old = json.loads(existing.read_text())
+        doc = old | {"updates": old.get("updates", []) + [{"command": doc["command"], "code": doc["code"],
+                                                          "recipes": list(wanted), "time": doc["environment"]["time"]}]}
     for recipe in wanted:
         runs = commands(reference, workdir, name, recipe, threads, llama_quantize, default)
-        row: dict = {"recipe": recipe, "runs": {label: [] for label in runs}}
+        row: dict = {"recipe": recipe, "code": code_version(), "runs": {label: [] for label in runs}}
         for _ in range(repeats):
             for label, argv in runs.items():
                 load = os.getloadavg()[0]
@@ -89,7 +98,11 @@ def main(reference: Path, name: str, recipes: str, threads: int, repeats: int, s
         best = {label: min(r["seconds"] for r in rs) for label, rs in row["runs"].items()}
         row |= {"best_seconds": best, "ratio": best[NONE] / best[LLAMA],
                 "target_met": best[NONE] <= 3 * best[LLAMA] + slack}
-        doc["rows"].append(row)
+        at = [i for i, r in enumerate(doc["rows"]) if r["recipe"] == recipe]
+        if at:
+            doc["rows"][at[0]] = row
+        else:
+            doc["rows"].append(row)
         write_results(out_dir, f"quantize_speed_{name}", doc, render)  # after every recipe: a cut-short run keeps its rows
 
 
@@ -122,6 +135,8 @@ def render(doc: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     met = sum(r["target_met"] for r in doc["rows"])
     lines += ["", f"Target met on {met} of {len(doc['rows'])} recipes."]
+    for u in doc.get("updates", []):
+        lines += ["", f"Rows {', '.join(u['recipes'])} re-measured at {u['code']} ({u['time']}): `{u['command']}`"]
     return "\n".join(lines) + "\n"
 
 
