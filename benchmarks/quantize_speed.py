@@ -90,6 +90,8 @@ def main(reference: Path, name: str, recipes: str, threads: int, repeats: int, s
                 load = os.getloadavg()[0]
                 log = workdir / f"{name}.{recipe}.{label.replace(' ', '_')}.log"
                 rc, wall, rss, tail = measure(argv, log)
+                for out in workdir.glob(f"{name}.*.{recipe}.gguf"):  # 18 recipes x 2 files filled a 25 GB disk
+                    out.unlink()
                 if rc != 0:
                     raise click.ClickException(f"{recipe} {label} failed ({rc}): {tail}")
                 row["runs"][label].append({"seconds": round(wall, 2), "load": round(load, 2), "peak_rss_bytes": rss})

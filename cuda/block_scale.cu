@@ -9,7 +9,8 @@
 // early stop per start; the first start with the lowest objective wins -- and writes the finished ggml
 // block bytes and its float32 objective.
 //
-// Entry points (extern "C", found by name): hqq_q4_0 hqq_q5_0 hqq_q8_0 hqq_iq4_nl hqq_q4_1 hqq_q5_1,
+// Entry points (extern "C", found by name): hqq_q4_0 hqq_q5_0 hqq_q8_0 hqq_iq4_nl hqq_q4_1 hqq_q5_1 (and, in
+// the CPU build only, hqq_tq1_0 hqq_tq2_0: 256-element ternary blocks),
 // parameters HQQ_KERNEL_PARAMS (common.cuh).
 //
 // Compile check (CI, scripts/compile_cuda.sh; no GPU needed):
@@ -24,11 +25,12 @@
 namespace hqq {
 
 // One type: its grid, whether it has a min, and its writer.
-template <class GridT, bool AFFINE_, int TYPE_SIZE_, void (*WRITE)(unsigned char*, float, float, const signed char*)>
+template <class GridT, bool AFFINE_, int TYPE_SIZE_, void (*WRITE)(unsigned char*, float, float, const signed char*),
+          int B_ = 32>
 struct Legacy {
   using Grid = GridT;
   static constexpr bool AFFINE = AFFINE_;
-  static constexpr int B = 32, TYPE_SIZE = TYPE_SIZE_;
+  static constexpr int B = B_, TYPE_SIZE = TYPE_SIZE_;
   HQQ_FN static void write(unsigned char* o, float d, float m, const signed char* q) { WRITE(o, d, m, q); }
 };
 
@@ -38,6 +40,10 @@ using Q8_0 = Legacy<IntGrid<-128, 127>, false, 34, write_q8_0>;
 using IQ4_NL = Legacy<Iq4Grid, false, 18, write_iq4_nl>;
 using Q4_1 = Legacy<IntGrid<0, 15>, true, 20, write_q4_1>;
 using Q5_1 = Legacy<IntGrid<0, 31>, true, 24, write_q5_1>;
+#if !HQQ_DEVICE_BUILD  // the CPU only: 256-element blocks (ggml_blocks.cuh)
+using TQ1_0 = Legacy<IntGrid<-1, 1>, false, 54, write_tq1_0, 256>;
+using TQ2_0 = Legacy<IntGrid<-1, 1>, false, 66, write_tq2_0, 256>;
+#endif
 
 // One block, held in registers.
 template <class T>
@@ -120,8 +126,12 @@ HQQ_FN void run_extra_starts(const Block<T>& b, const Config& cfg, Best& best_of
       off = 0.0f;
     }
   };
-  auto same = [](float s, float off, float d, float m) {  // trajectory keys: the bits of the snapped d (and m)
-    return float_bits(snap_fp16(s)) == float_bits(d) && (!T::AFFINE || float_bits(snap_fp16(off)) == float_bits(m));
+  // trajectory keys: the bits of the snapped d (and m); on a grid symmetric about 0 (TQ*) -d retraces d mirrored,
+  // so only |d| counts (block_scale._trajectory_key)
+  constexpr bool mirrored = T::Grid::QMIN == -T::Grid::QMAX;
+  auto key = [](float d) { return mirrored ? float_bits(abs_f(d)) : float_bits(d); };
+  auto same = [&](float s, float off, float d, float m) {
+    return key(snap_fp16(s)) == key(d) && (!T::AFFINE || float_bits(snap_fp16(off)) == float_bits(m));
   };
   const Best base{0.0f, 0.0f, base_obj, true};
   for (int k = 0; k < cfg.n_factors * n_sides; ++k) {
@@ -178,3 +188,7 @@ HQQ_DEFINE_ENTRY(hqq_q8_0, hqq::solve_block<hqq::Q8_0>)
 HQQ_DEFINE_ENTRY(hqq_iq4_nl, hqq::solve_block<hqq::IQ4_NL>)
 HQQ_DEFINE_ENTRY(hqq_q4_1, hqq::solve_block<hqq::Q4_1>)
 HQQ_DEFINE_ENTRY(hqq_q5_1, hqq::solve_block<hqq::Q5_1>)
+#if !HQQ_DEVICE_BUILD
+HQQ_DEFINE_ENTRY(hqq_tq1_0, hqq::solve_block<hqq::TQ1_0>)
+HQQ_DEFINE_ENTRY(hqq_tq2_0, hqq::solve_block<hqq::TQ2_0>)
+#endif

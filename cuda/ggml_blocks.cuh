@@ -62,6 +62,40 @@ HQQ_FN void write_iq4_nl(unsigned char* o, float d, float, const signed char* q)
   put_nibbles32(o + 2, q, 0);
 }
 
+// ---------------------------------------------------------------- ternary 256-element blocks (pack/ternary.py)
+// The CPU build only (block_scale.cu's TQ entry points): 256 values a thread do not fit a GPU's registers.
+
+#if !HQQ_DEVICE_BUILD
+// qs[32h + m] bits 2k..2k+1 = q[128h + 32k + m] + 1; then d
+HQQ_FN void write_tq2_0(unsigned char* o, float d, float, const signed char* q) {  // qs[64] | d
+  for (int h = 0; h < 2; ++h)
+    for (int m = 0; m < 32; ++m) {
+      unsigned int b = 0;
+      for (int k = 0; k < 4; ++k) b |= (unsigned int)(q[128 * h + 32 * k + m] + 1) << (2 * k);
+      o[32 * h + m] = (unsigned char)b;
+    }
+  put_fp16(o + 64, d);
+}
+
+// One TQ1_0 group: byte m holds elements first + m + k*nbytes (k = 0..trits-1, k = 0 the most significant
+// trit of v), padded to 5 trits by zeros at the bottom; stored as ceil(v * 256 / 243).
+HQQ_FN void put_tq1_group(unsigned char* o, const signed char* q, int first, int nbytes, int trits) {
+  for (int m = 0; m < nbytes; ++m) {
+    int v = 0;
+    for (int k = 0; k < trits; ++k) v = 3 * v + (q[first + m + k * nbytes] + 1);
+    for (int k = trits; k < 5; ++k) v *= 3;
+    o[m] = (unsigned char)((v * 256 + 242) / 243);
+  }
+}
+
+HQQ_FN void write_tq1_0(unsigned char* o, float d, float, const signed char* q) {  // qs[48] | qh[4] | d
+  put_tq1_group(o, q, 0, 32, 5);
+  put_tq1_group(o + 32, q, 160, 16, 5);
+  put_tq1_group(o + 48, q, 240, 4, 4);
+  put_fp16(o + 52, d);
+}
+#endif
+
 // ---------------------------------------------------------------- K-quant super-blocks (pack/k_sub*.py)
 
 // 2-bit plane qs[64]: element 128h + 32s + l in byte 32h + l, bits 2s..2s+1 (u = q + bias, low 2 bits)

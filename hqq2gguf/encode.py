@@ -62,7 +62,7 @@ def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType,
     """HQQ-optimized blocks of ``array`` (numpy order, last axis blocked) as uint8 bytes; logs the error.
 
     ``device`` (resolved): CPU (the kernels compiled for the CPU), CUDA (the kernels on the GPU) or TORCH (the
-    torch solver); the types without a kernel (TQ1_0, TQ2_0) are solved by torch everywhere.
+    torch solver); TQ1_0/TQ2_0 have no GPU kernel: under CUDA they are solved by torch.
     A 3-D tensor's experts are solved one at a time, each with its own importance row."""
     start = time.perf_counter()
     n_expert = array.shape[0] if array.ndim == 3 else 1

@@ -36,7 +36,7 @@ class Device(str, Enum):
     line saying why."""
     CPU = "cpu"
     """The CPU: the same kernel sources compiled by the host C++ compiler (the torch solver's bytes, several times
-    faster), the torch solver where they cannot promise its bytes (no compiler, TQ1_0/TQ2_0; a log line says)."""
+    faster), the torch solver where they cannot promise its bytes (no C++ compiler, say; a log line says why)."""
     CUDA = "cuda"
     """The fused CUDA kernels; an error (not a fallback) when they cannot run."""
     TORCH = "torch"

@@ -126,7 +126,8 @@ def test_kernels_follow_the_one_type_table() -> None:
         assert k.family == {Kind.BLOCK: "block_scale", Kind.SUPER: "kquant"}[QTYPES[qtype].kind]
         assert k.entry == f"hqq_{qtype.name.lower()}"
     defined = {m for src in SOURCES for m in re.findall(r"^HQQ_DEFINE_ENTRY\((\w+),", src.read_text(), re.MULTILINE)}
-    assert defined == {k.entry for k in loader.KERNELS.values()}
+    assert defined == {k.entry for k in loader.HOST_KERNELS.values()}  # the GPU's, and the CPU build's TQ*
+    assert set(loader.HOST_KERNELS) == set(QUANT_TYPES) and loader.KERNELS.items() <= loader.HOST_KERNELS.items()
 
 
 def test_submodules_import_each_other_by_module_path() -> None:

@@ -59,7 +59,8 @@ def test_encode_cpu_writes_the_torch_bytes_and_sums(qtype: Q, kernels: None) -> 
         assert getattr(ours, name) == pytest.approx(getattr(ref, name), rel=1e-12), name
 
 
-@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q5_1, Q.IQ4_NL, Q.Q3_K, Q.Q5_K, Q.IQ4_XS], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q5_1, Q.IQ4_NL, Q.TQ2_0, Q.TQ1_0, Q.Q3_K, Q.Q5_K, Q.IQ4_XS],
+                         ids=lambda t: t.name)
 def test_encode_cpu_with_importance_and_extra_starts(qtype: Q, kernels: None) -> None:
     """Importance weights, several range factors (the repeated starts the kernel skips) and no early stop."""
     x = torch.from_numpy(_rows(6, 768, seed=7))
@@ -69,10 +70,11 @@ def test_encode_cpu_with_importance_and_extra_starts(qtype: Q, kernels: None) ->
                           encode(x, qtype, importance=imp, config=cfg).packed)
 
 
-def test_types_without_a_kernel_are_refused(kernels: None) -> None:
-    assert Q.TQ1_0 not in cpu_kernel_types()
-    with pytest.raises(UnsupportedError, match="TQ1_0"):
-        encode_cpu(torch.zeros(1, 256), Q.TQ1_0)
+def test_every_quantized_type_has_a_cpu_kernel_and_others_are_refused(kernels: None) -> None:
+    """TQ1_0/TQ2_0 have no GPU kernel (256 values a thread) but a CPU one; float types are not the solver's."""
+    assert set(cpu_kernel_types()) == set(QUANT_TYPES)
+    with pytest.raises(UnsupportedError, match="F16"):
+        encode_cpu(torch.zeros(1, 256), Q.F16)
 
 
 def test_cpu_resolves_to_the_kernels_and_torch_stays_torch(kernels: None) -> None:
@@ -94,7 +96,7 @@ def test_without_a_compiler_cpu_is_torch_and_says_why(monkeypatch: pytest.Monkey
     assert "torch solver" in record.getMessage() and "no-such-compiler-hqq2gguf" in record.getMessage()
 
 
-@pytest.mark.parametrize("recipe", ["Q4_K_M", "Q4_0", "IQ4_NL", "Q2_K", "TQ2_0"])
+@pytest.mark.parametrize("recipe", ["Q4_K_M", "Q4_0", "IQ4_NL", "Q2_K", "TQ2_0", "TQ1_0"])
 def test_cli_cpu_file_is_the_torch_file(recipe: str, kernels: None, tiny_model_dir, tmp_path: Path) -> None:
     """The user-visible promise: --device cpu (the default) writes the very file --device torch writes."""
     from click.testing import CliRunner

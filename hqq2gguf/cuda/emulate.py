@@ -101,7 +101,7 @@ class HostLauncher:
         self.ftz = ftz
 
     def run(self, inputs: BlockInputs) -> tuple[np.ndarray, np.ndarray]:
-        k = loader.KERNELS[inputs.qtype]
+        k = loader.HOST_KERNELS[inputs.qtype]
         fn = getattr(host_library(k.family, self.build_dir, ftz=self.ftz), k.entry)
         fn.argtypes, fn.restype = _ARGTYPES, None
         n, B = inputs.x.shape

@@ -56,10 +56,10 @@ FAMILY_OF_KIND: dict[Kind, str] = {Kind.BLOCK: "block_scale", Kind.SUPER: "kquan
 """The kernel family (``cuda/<family>.cu``) that solves each kind of block of hqq2gguf.qtypes."""
 
 WITHOUT_KERNEL: dict[gguf.GGMLQuantizationType, str] = {
-    t: "ternary: 256-element blocks of trits, which block_scale.cu (32-element blocks held in registers) does not "
-       "lay out and ggml_blocks.cuh has no writer for; one fp16 scale per 256 weights leaves the torch solver "
-       "little to do, so these stay on the CPU" for t in (Q.TQ1_0, Q.TQ2_0)}
-"""The quantized types of hqq2gguf.qtypes with no fused kernel, and why (they stay on the torch path)."""
+    t: "ternary: 256-element blocks, whose values a GPU thread cannot hold in registers as block_scale.cu holds "
+       "32; one fp16 scale per 256 weights leaves the solver little to do, so these are solved on the CPU "
+       "(block_scale.cu's CPU build has them)" for t in (Q.TQ1_0, Q.TQ2_0)}
+"""The quantized types of hqq2gguf.qtypes with no GPU kernel, and why (they are solved on the CPU)."""
 
 
 def kernel_of(qspec: QuantSpec) -> Kernel | None:
@@ -73,6 +73,11 @@ def kernel_of(qspec: QuantSpec) -> Kernel | None:
 #: Every type with a fused kernel, in the order of the one table (hqq2gguf.qtypes).
 KERNELS: dict[gguf.GGMLQuantizationType, Kernel] = {
     t: k for t in QUANT_TYPES if (k := kernel_of(QTYPES[t])) is not None}
+
+#: The kernels of the CPU build (hqq2gguf/cuda/solve_cpu.py): every GPU kernel, and the types of
+#: :data:`WITHOUT_KERNEL`, whose entry points block_scale.cu compiles outside nvcc/NVRTC only.
+HOST_KERNELS: dict[gguf.GGMLQuantizationType, Kernel] = {
+    t: KERNELS.get(t) or Kernel(FAMILY_OF_KIND[QTYPES[t].kind], f"hqq_{QTYPES[t].name.lower()}") for t in QUANT_TYPES}
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 _modules: dict[tuple[str, str, int], Any] = {}

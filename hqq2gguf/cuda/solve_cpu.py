@@ -25,7 +25,7 @@ import torch
 
 import hqq2gguf.cuda.loader as loader
 from hqq2gguf.cuda.emulate import HostLauncher, host_library
-from hqq2gguf.cuda.host import check_kernel, finish, prepare
+from hqq2gguf.cuda.host import finish, prepare
 from hqq2gguf.cuda.sum_order import detected_lanes
 from hqq2gguf.errors import DeviceError, UnsupportedError
 from hqq2gguf.optimize import Encoded, SolverConfig
@@ -73,8 +73,9 @@ def cpu_kernels_unusable_reason() -> str | None:
 
 
 def cpu_kernel_types() -> tuple[gguf.GGMLQuantizationType, ...]:
-    """Block types with a kernel (the rest, TQ1_0/TQ2_0, are solved by torch)."""
-    return tuple(loader.KERNELS)
+    """Block types with a kernel in the CPU build: every quantized type (TQ1_0/TQ2_0 included, which have no GPU
+    kernel)."""
+    return tuple(loader.HOST_KERNELS)
 
 
 def encode_cpu(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance: torch.Tensor | None = None,
@@ -82,7 +83,8 @@ def encode_cpu(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance:
     """:func:`hqq2gguf.optimize.encode` with each row part's loop in the compiled kernel: the same packed blocks,
     byte for byte, and the same four sums. Needs :func:`cpu_kernels_unusable_reason` to be None."""
     spec = solver_spec(qtype)
-    check_kernel(spec)
+    if spec.qtype not in loader.HOST_KERNELS:  # solver_spec already refused non-quantized types: a bug
+        raise UnsupportedError(f"no CPU kernel for {spec.name}")
     launcher = HostLauncher(cache_dir(), ftz=False)  # IEEE denormals, as torch
 
     def run_part(rows: np.ndarray, imp: torch.Tensor | None, cfg: SolverConfig) -> Encoded:
