@@ -10,6 +10,7 @@ of one row part (hqq2gguf/cuda/solve_cuda.py cuts a tensor into parts), never of
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -85,10 +86,10 @@ class Prepared:
     spec: QuantSpec
     inputs: BlockInputs
     x32: np.ndarray  # (rows, ne0)
-    x64: np.ndarray  # the same, float64 (converted once, for the weights and both re-checks)
+    x64: np.ndarray | None  # the same, float64 (converted once, for the weights and both re-checks)
     w_rows: np.ndarray | None  # float64 (rows, ne0); None when the weights are all ones (weights.uniform_weights)
     base_bytes: np.ndarray  # uint8 (n_blocks, type_size)
-    base_obj: np.ndarray  # float64 (n_blocks,)
+    base_obj: np.ndarray | None  # float64 (n_blocks,); None unless prepared with score_base
 
 
 def check_kernel(spec: QuantSpec) -> None:
@@ -100,9 +101,11 @@ def check_kernel(spec: QuantSpec) -> None:
 
 
 def prepare(spec: QuantSpec, x32: np.ndarray, imp: torch.Tensor | None, config: SolverConfig,
-            base_fields: Fields | None = None) -> Prepared:
+            base_fields: Fields | None = None, *, score_base: bool = True) -> Prepared:
     """The host half before the loop for checked rows ``x32`` (rows, ne0) float32: the torch path's steps
-    (solver._solve_rows) up to its loop. ``base_fields``: llama.cpp's answer for these rows, when known."""
+    (solver._solve_rows) up to its loop. ``base_fields``: llama.cpp's answer for these rows, when known.
+    ``score_base`` False: no float64 copy of the rows unless the weights need one and no llama.cpp objective
+    (``x64``/``base_obj`` None), for a caller that re-checks elsewhere (solve_cpu: cuda/recheck.cu)."""
     rows, ne0 = x32.shape
     B = spec.block_size
     n_blocks = rows * ne0 // B
@@ -114,24 +117,37 @@ def prepare(spec: QuantSpec, x32: np.ndarray, imp: torch.Tensor | None, config: 
         base_bytes = pack.pack(spec.qtype, base_fields)  # validates the fields
         if base_bytes.shape[0] != n_blocks:
             raise InputError(f"{spec.name}: base_fields hold {base_bytes.shape[0]} blocks, x has {n_blocks}")
-    x64 = x32.astype(np.float64)
-    if uniform_weights(spec, config.weights, imp):  # all ones: nothing to build in float64, nothing to multiply
+    uniform = uniform_weights(spec, config.weights, imp)
+    x64 = x32.astype(np.float64) if score_base or not uniform else None
+    if uniform:  # all ones: nothing to build in float64, nothing to multiply
         w_rows, w64 = None, None
-        w = torch.ones(n_blocks, B, dtype=torch.float32)
+        w, wfit = _uniform_fit(n_blocks, B)
     else:
         w_rows = element_weights(torch.from_numpy(x64), spec, config.weights, imp).numpy()
         w64 = w_rows.reshape(-1, B)
         w = torch.from_numpy(w_rows.astype(np.float32)).reshape(-1, B)
-    wfit = fitting_weights(w)
-    base_obj = block_objective(x64.reshape(-1, B), pack.decode(spec.qtype, base_fields), w64)
+        wfit = fitting_weights(w).numpy()
+        w = w.numpy()
+    base_obj = block_objective(x64.reshape(-1, B), pack.decode(spec.qtype, base_fields), w64) if score_base else None
     f = base_fields
     m, sc, mn = (f.dmin, f.sc, f.mn) if spec.kind is Kind.SUPER else (f.m, None, None)
     unused = np.zeros((n_blocks, 1), np.int8)  # fields the type does not have: valid pointers, never read
-    inputs = BlockInputs(spec.qtype, x32.reshape(-1, B), w.numpy(), wfit.numpy(), np.ascontiguousarray(f.q, np.int8),
+    inputs = BlockInputs(spec.qtype, x32.reshape(-1, B), w, wfit, np.ascontiguousarray(f.q, np.int8),
                          f.d.astype(np.float32), np.zeros(n_blocks, np.float32) if m is None else m.astype(np.float32),
                          unused if sc is None else np.ascontiguousarray(sc, np.int8),
                          unused if mn is None else np.ascontiguousarray(mn, np.int8), KernelParams.of(spec, config))
     return Prepared(spec, inputs, x32, x64, w_rows, base_bytes, base_obj)
+
+
+@functools.lru_cache(maxsize=8)
+def _uniform_fit(n_blocks: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """All-ones weights of ``n_blocks`` blocks and their fitting weights (fitting_weights of ones, the same
+    float32 bits), read-only: a file's row parts mostly share one shape, so they are built once."""
+    w = torch.ones(n_blocks, block, dtype=torch.float32)
+    arrays = (w.numpy(), fitting_weights(w).numpy())
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
 
 
 def finish(prep: Prepared, out: np.ndarray) -> tuple[np.ndarray, Solution]:

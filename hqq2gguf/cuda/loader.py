@@ -79,6 +79,10 @@ KERNELS: dict[gguf.GGMLQuantizationType, Kernel] = {
 HOST_KERNELS: dict[gguf.GGMLQuantizationType, Kernel] = {
     t: KERNELS.get(t) or Kernel(FAMILY_OF_KIND[QTYPES[t].kind], f"hqq_{QTYPES[t].name.lower()}") for t in QUANT_TYPES}
 
+HOST_SOURCES: tuple[str, ...] = ("recheck",)
+"""Sources in cuda/ that are no kernel: host code the CPU solver compiles beside the kernels (cuda/recheck.cu, the
+float64 re-check of hqq2gguf/cuda/solve_cpu.py); nvcc's compile check covers them too."""
+
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 _modules: dict[tuple[str, str, int], Any] = {}
 _lock = threading.Lock()

@@ -2,7 +2,8 @@
 row parts side by side on the solver's worker threads. Same bytes as the torch solver, several times faster.
 
     x (rows, ne0) --the torch path's row parts and workers (optimize.solver.map_row_parts)--> per part, on a worker:
-      prepare (llama.cpp's answer, weights) -> the compiled kernel -> finish (float64 re-check) -> packed rows
+      prepare (llama.cpp's answer, weights) -> the compiled kernel -> recheck (cuda/recheck.cu: float64, one pass)
+        -> packed rows
 
 The torch solver stays the reference: the kernels' arithmetic is torch's, step for step and in torch's
 summation order (sum_order.py), and the tests hold every kernel to the torch bytes. Where that cannot be
@@ -12,6 +13,7 @@ promised -- no C++ compiler, a build failure, a torch whose float32 sum order is
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
@@ -25,9 +27,10 @@ import torch
 
 import hqq2gguf.cuda.loader as loader
 from hqq2gguf.cuda.emulate import HostLauncher, host_library
-from hqq2gguf.cuda.host import finish, prepare
+from hqq2gguf.cuda.host import Prepared, prepare
 from hqq2gguf.cuda.sum_order import detected_lanes
 from hqq2gguf.errors import DeviceError, UnsupportedError
+from hqq2gguf.ggml_ref import ggml_dequantize
 from hqq2gguf.optimize import Encoded, SolverConfig
 from hqq2gguf.optimize.solver import map_row_parts, solver_spec
 
@@ -37,7 +40,7 @@ CACHE_ENV = "HQQ2GGUF_KERNEL_CACHE"
 """Where the compiled kernels are kept (one .so per source and flags): ``$HQQ2GGUF_KERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/hqq2gguf/kernels`` (``~/.cache/...``), else a directory in the system's temp dir."""
 
-_FAMILIES = ("block_scale", "kquant")
+_FAMILIES = (*sorted({k.family for k in loader.HOST_KERNELS.values()}), *loader.HOST_SOURCES)
 
 
 def cache_dir() -> Path:
@@ -88,15 +91,41 @@ def encode_cpu(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance:
     launcher = HostLauncher(cache_dir(), ftz=False)  # IEEE denormals, as torch
 
     def run_part(rows: np.ndarray, imp: torch.Tensor | None, cfg: SolverConfig) -> Encoded:
-        prep = prepare(spec, rows, imp, cfg)
+        prep = prepare(spec, rows, imp, cfg, score_base=False)
         out, _ = launcher.run(prep.inputs)
-        packed, solution = finish(prep, out)
-        x = prep.x64
-        e = x - solution.values
-        # the log line's sums, one pass each; einsum, not a BLAS dot, whose own threads would fight the workers
-        # (SmolLM2-135M Q4_0: 9.5 s with np.dot, 6.9 s with einsum)
-        return Encoded(packed, float(np.einsum("ij,ij->", e, e)), float(np.einsum("ij,ij->", x, x)),
-                       float(solution.objective.sum()), float(solution.baseline_objective.sum()))
-
+        return recheck(prep, out)
 
     return Encoded.join(map_row_parts(spec, x, importance, config, run_part))
+
+
+def recheck(prep: Prepared, out: np.ndarray) -> Encoded:
+    """:func:`hqq2gguf.cuda.host.finish` for the CPU, in one compiled pass (cuda/recheck.cu): both answers decoded
+    by ggml, scored per block in float64 in numpy's order, llama.cpp's block kept wherever ours is not at least as
+    good -- the same blocks as the numpy re-check -- and the part's four sums."""
+    spec = prep.spec
+    if out.shape != prep.base_bytes.shape:
+        raise RuntimeError(f"{spec.name}: the kernel returned {out.shape} bytes for {prep.base_bytes.shape} "
+                           "(internal error)")
+    ours = ggml_dequantize(spec.qtype, out)
+    base = ggml_dequantize(spec.qtype, prep.base_bytes)
+    x = np.ascontiguousarray(prep.x32).reshape(ours.shape)
+    w = None if prep.w_rows is None else np.ascontiguousarray(prep.w_rows, np.float64)
+    n_blocks, block = ours.shape
+    take = np.zeros(n_blocks, np.uint8)
+    sums = np.zeros(4, np.float64)
+    fn = host_library("recheck", cache_dir(), ftz=False).hqq_recheck
+    fn.argtypes, fn.restype = _RECHECK_ARGS, ctypes.c_longlong
+    bad = fn(x.ctypes.data, None if w is None else w.ctypes.data, ours.ctypes.data, base.ctypes.data, n_blocks,
+             block, take.ctypes.data, sums.ctypes.data)
+    if bad:
+        logger.warning("%s: the CPU kernel wrote %d block(s) with non-finite scales (a kernel bug); kept "
+                       "llama.cpp's blocks there", spec.name, bad)
+    if take.any():
+        logger.debug("%s: %d of %d block(s) not better than llama.cpp's in float64; kept llama.cpp's", spec.name,
+                     int(take.sum()), n_blocks)
+        out = np.where(take[:, None].astype(bool), prep.base_bytes, out)
+    rows = prep.x32.shape[0]
+    return Encoded(out.reshape(rows, -1), float(sums[2]), float(sums[3]), float(sums[0]), float(sums[1]))
+
+
+_RECHECK_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
