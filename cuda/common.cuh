@@ -215,6 +215,35 @@ HQQ_FN Acc torch_sum(F f) {
   return total;
 }
 
+#if !HQQ_DEVICE_BUILD
+// torch_sum<N, float> of the terms t[0..N) already in an array (the CPU build): the same additions in the same
+// order -- lane l's four partials p0..p3 and their sum, then `total` over the lanes in order -- written as loops
+// over the lanes, which the compiler turns into vector adds.
+template <int N>
+HQQ_FN float torch_sum_of(const float* t) {
+  constexpr int V = HQQ_SUM_LANES;
+  if constexpr (N >= V) {
+    constexpr int nvec = N / V, ilp = nvec / 4;
+    float total = 0.0f;
+    for (int e = nvec * V; e < N; ++e) total += t[e];
+    float p0[V] = {}, p1[V] = {}, p2[V] = {}, p3[V] = {};
+    for (int i = 0; i < ilp; ++i)
+      for (int l = 0; l < V; ++l) {
+        p0[l] += t[(4 * i + 0) * V + l];
+        p1[l] += t[(4 * i + 1) * V + l];
+        p2[l] += t[(4 * i + 2) * V + l];
+        p3[l] += t[(4 * i + 3) * V + l];
+      }
+    for (int m = 4 * ilp; m < nvec; ++m)
+      for (int l = 0; l < V; ++l) p0[l] += t[m * V + l];
+    for (int l = 0; l < V; ++l) total += ((p0[l] + p1[l]) + p2[l]) + p3[l];
+    return total;
+  } else {
+    return torch_sum<N, float>([&](int e) { return t[e]; });
+  }
+}
+#endif
+
 // ---------------------------------------------------------------- weighted least squares (core.fit_*)
 
 // The sums of core.fit_scale (t ~ s * lv): one term per element, added in torch's order by torch_sum.
@@ -227,6 +256,20 @@ struct ScaleSums {
   HQQ_FN ScaleSums operator+(const ScaleSums& o) const { return {den + o.den, num + o.num}; }
   HQQ_FN ScaleSums& operator+=(const ScaleSums& o) { return *this = *this + o; }
   HQQ_FN float solve(float prev) const { return den > TINY ? num / den : prev; }
+#if !HQQ_DEVICE_BUILD
+  // torch_sum<N, ScaleSums> of term(lv[e], t[e], w[e]): each component is its own torch-order sum, so the terms
+  // go to arrays first (vectorized) and each array is summed by torch_sum_of.
+  template <int N>
+  HQQ_FN static ScaleSums of(const float* lv, const float* t, const float* w) {
+    float den[N], num[N];
+    for (int e = 0; e < N; ++e) {
+      const float wl = w[e] * lv[e];
+      den[e] = wl * lv[e];
+      num[e] = wl * t[e];
+    }
+    return {torch_sum_of<N>(den), torch_sum_of<N>(num)};
+  }
+#endif
 };
 
 // core.fit_affine: t ~ s * lv + b; with the K-quant constraints b <= 0 (refit s with b = 0) and s >= 0
@@ -241,6 +284,20 @@ struct AffineSums {
     return {sw + o.sw, sl + o.sl, st + o.st, sll + o.sll, slt + o.slt};
   }
   HQQ_FN AffineSums& operator+=(const AffineSums& o) { return *this = *this + o; }
+#if !HQQ_DEVICE_BUILD
+  template <int N>  // torch_sum<N, AffineSums> of term(lv[e], t[e], w[e]), as ScaleSums::of
+  HQQ_FN static AffineSums of(const float* lv, const float* t, const float* w) {
+    float a[N], b[N], c[N], d[N];
+    for (int e = 0; e < N; ++e) {
+      const float wl = w[e] * lv[e];
+      a[e] = wl;
+      b[e] = w[e] * t[e];
+      c[e] = wl * lv[e];
+      d[e] = wl * t[e];
+    }
+    return {torch_sum_of<N>(w), torch_sum_of<N>(a), torch_sum_of<N>(b), torch_sum_of<N>(c), torch_sum_of<N>(d)};
+  }
+#endif
   HQQ_FN void solve(float prev_s, float prev_b, bool offset_nonpos, bool scale_nonneg, float& s, float& b) const {
     const float det = sll * sw - sl * sl;
     const bool ok = det > 1e-6f * clamp_min(sll * sw, TINY);
@@ -268,6 +325,21 @@ struct PairSums {
     return {saa + o.saa, scc + o.scc, sac + o.sac, sat + o.sat, sct + o.sct};
   }
   HQQ_FN PairSums& operator+=(const PairSums& o) { return *this = *this + o; }
+#if !HQQ_DEVICE_BUILD
+  template <int N>  // torch_sum<N, PairSums> of term(a[e], c[e], t[e], w[e]), as ScaleSums::of
+  HQQ_FN static PairSums of(const float* a, const float* c, const float* t, const float* w) {
+    float aa[N], cc[N], ac[N], at[N], ct[N];
+    for (int e = 0; e < N; ++e) {
+      const float wa = w[e] * a[e], wc = w[e] * c[e];
+      aa[e] = wa * a[e];
+      cc[e] = wc * c[e];
+      ac[e] = wa * c[e];
+      at[e] = wa * t[e];
+      ct[e] = wc * t[e];
+    }
+    return {torch_sum_of<N>(aa), torch_sum_of<N>(cc), torch_sum_of<N>(ac), torch_sum_of<N>(at), torch_sum_of<N>(ct)};
+  }
+#endif
   HQQ_FN void solve(float prev_u, float prev_v, float& u, float& v) const {
     const float det = saa * scc - sac * sac;
     bool ok = det > 1e-6f * clamp_min(saa * scc, TINY);

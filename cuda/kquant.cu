@@ -65,6 +65,28 @@ HQQ_FN float sub_scale(const Fields<T>& f, int g) { return f.d * f.sc[g]; }
 template <class T>
 HQQ_FN float sub_offset(const Fields<T>& f, int g) { return T::AFFINE ? -(f.dmin * f.mn[g]) : 0.0f; }
 
+#if !HQQ_DEVICE_BUILD
+// The CPU's block-major rows (View::es == 1): sub-block g's levels under (D, B) and HQ targets into lv[], t[] in a
+// loop the compiler vectorizes; hq_target's pow runs after it, one element at a time, only where the shrinkage is
+// active (|error| above 0.999 steps). The same float32 steps as the per-element lambdas of the GPU build.
+template <class T>
+HQQ_FN void sub_targets(const View& v, const Config& cfg, int g, float D, float B, float inv_step, float* lv,
+                        float* t) {
+  const float* x = v.x + g * T::S;
+  const float inv = inv_of(D);
+  bool shrunk = false;
+  for (int j = 0; j < T::S; ++j) {
+    lv[j] = T::Grid::level(nearest_code<typename T::Grid, T::AFFINE>(x[j], inv, B));
+    const float e = x[j] - (T::AFFINE ? D * lv[j] + B : D * lv[j]);
+    shrunk |= !(abs_f(e) * inv_step <= 0.999f);
+    t[j] = x[j];
+  }
+  if (cfg.shrink && shrunk)
+    for (int j = 0; j < T::S; ++j)
+      t[j] = hq_target(x[j], T::AFFINE ? D * lv[j] + B : D * lv[j], inv_step, cfg.p_exp, true);
+}
+#endif
+
 // weighted_sse of sub-block g under (D, B) with the nearest codes.
 template <class T>
 HQQ_FN float sub_sse(const View& v, int g, float D, float B) {
@@ -78,7 +100,7 @@ HQQ_FN float sub_sse(const View& v, int g, float D, float B) {
       const float r = x[j] - (T::AFFINE ? D * lv + B : D * lv);
       t[j] = r * r * w[j];
     }
-    return torch_sum<T::S, float>([&](int j) { return t[j]; });
+    return torch_sum_of<T::S>(t);
   }
 #endif
   return torch_sum<T::S, float>([&](int j) {
@@ -103,6 +125,20 @@ HQQ_FN void fit_sub(const View& v, const Config& cfg, const Fields<T>& f, float 
   for (int g = 0; g < T::G; ++g) {
     const float D = sub_scale(f, g), B = sub_offset(f, g);
     const float inv = inv_of(D), inv_step = hq_inv_step(D, c);
+#if !HQQ_DEVICE_BUILD
+    if (v.es == 1) {
+      float lv[T::S], t[T::S];
+      sub_targets<T>(v, cfg, g, D, B, inv_step, lv, t);
+      const float* wf = v.wf + g * T::S;
+      if constexpr (T::AFFINE) {
+        AffineSums::of<T::S>(lv, t, wf).solve(D, B, true, true, s[g], b[g]);
+      } else {
+        s[g] = ScaleSums::of<T::S>(lv, t, wf).solve(D);
+        b[g] = 0.0f;
+      }
+      continue;
+    }
+#endif
     auto term = [&](int j, float& lv, float& t) {
       const float x = v.X(g * T::S + j);
       lv = T::Grid::level(nearest_code<typename T::Grid, T::AFFINE>(x, inv, B));
@@ -164,6 +200,25 @@ HQQ_FN void refit_super(const View& v, const Config& cfg, Fields<T>& f, float c)
     inv[g] = inv_of(sub_scale(f, g));
     inv_step[g] = hq_inv_step(sub_scale(f, g), c);
   }
+#if !HQQ_DEVICE_BUILD
+  if (v.es == 1) {
+    float a[256], t[256], lv[T::S];
+    for (int g = 0; g < T::G; ++g) {
+      sub_targets<T>(v, cfg, g, sub_scale(f, g), sub_offset(f, g), inv_step[g], lv, t + g * T::S);
+      for (int j = 0; j < T::S; ++j) a[g * T::S + j] = f.sc[g] * lv[j];
+    }
+    if constexpr (T::AFFINE) {
+      float c[256], d, dmin;
+      for (int e = 0; e < 256; ++e) c[e] = -f.mn[e / T::S];
+      PairSums::of<256>(a, c, t, v.wf).solve(f.d, f.dmin, d, dmin);
+      f.d = snap_fp16(d);
+      f.dmin = snap_fp16(dmin);
+    } else {
+      f.d = snap_fp16(ScaleSums::of<256>(a, t, v.wf).solve(f.d));
+    }
+    return;
+  }
+#endif
   auto term = [&](int e, float& a, float& t) {
     const int g = e / T::S;
     const float D = sub_scale(f, g), B = sub_offset(f, g), x = v.X(e);
