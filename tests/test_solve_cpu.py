@@ -19,6 +19,7 @@ from hqq2gguf.cuda.solve_cpu import cpu_kernel_types, encode_cpu
 from hqq2gguf.errors import UnsupportedError
 from hqq2gguf.optimize import SolverConfig, element_weights, encode
 from hqq2gguf.optimize.config import WeightMode
+from hqq2gguf.optimize.solver import block_objective
 from hqq2gguf.optimize.weights import uniform_weights
 from hqq2gguf.options import Device
 from hqq2gguf.qtypes import QUANT_TYPES, spec
@@ -68,6 +69,36 @@ def test_encode_cpu_with_importance_and_extra_starts(qtype: Q, kernels: None) ->
     cfg = SolverConfig.preset("thorough", iterations=3, workers=2)
     assert np.array_equal(encode_cpu(x, qtype, importance=imp, config=cfg).packed,
                           encode(x, qtype, importance=imp, config=cfg).packed)
+
+
+@pytest.mark.parametrize("block", [16, 32, 256])
+@pytest.mark.parametrize("weighted", [False, True], ids=["ones", "weights"])
+def test_recheck_keeps_what_the_numpy_recheck_keeps_on_near_ties(block: int, weighted: bool, kernels: None) -> None:
+    """cuda/recheck.cu adds each block's float64 terms in numpy's pairwise order: on blocks whose two answers have
+    the same residuals in other places (objectives equal up to the order of the additions) it keeps the same
+    answer as block_objective, block for block, and its sums are the numpy ones."""
+    rng = np.random.default_rng(block)
+    n = 4000
+    x = rng.standard_normal((n, block)).astype(np.float32)
+    base = (x + 0.3 * rng.standard_normal((n, block))).astype(np.float32)
+    ours = base.copy()
+    i, j = 3, block - 2  # the residuals of elements i and j swapped
+    ours[:, i], ours[:, j] = x[:, i] + (base[:, j] - x[:, j]), x[:, j] + (base[:, i] - x[:, i])
+    ours[::5] += np.float32(0.01)  # and some blocks plainly different
+    w = rng.random((n, block)) if weighted else None
+    take, sums, bad = solve_cpu.recheck_blocks(x, w, ours, base)
+    assert bad == 0
+    ours_obj = block_objective(x.astype(np.float64), ours, w)
+    base_obj = block_objective(x.astype(np.float64), base, w)
+    want = ~(ours_obj <= base_obj)
+    assert 0.1 < want.mean() < 0.9  # both answers are kept somewhere: the test decides something
+    assert np.array_equal(take, want)
+    kept = np.where(want[:, None], base, ours).astype(np.float64)
+    assert sums == pytest.approx([np.where(want, base_obj, ours_obj).sum(), base_obj.sum(),
+                                  ((x - kept) ** 2).sum(), (x.astype(np.float64) ** 2).sum()], rel=1e-12)
+    ours[7, 0] = np.inf  # a block the kernel should never write: counted, and llama.cpp's is kept
+    take, _, bad = solve_cpu.recheck_blocks(x, w, ours, base)
+    assert bad == 1 and take[7]
 
 
 def test_every_quantized_type_has_a_cpu_kernel_and_others_are_refused(kernels: None) -> None:

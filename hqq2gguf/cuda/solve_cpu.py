@@ -99,33 +99,47 @@ def encode_cpu(x: torch.Tensor, qtype: gguf.GGMLQuantizationType, *, importance:
 
 
 def recheck(prep: Prepared, out: np.ndarray) -> Encoded:
-    """:func:`hqq2gguf.cuda.host.finish` for the CPU, in one compiled pass (cuda/recheck.cu): both answers decoded
-    by ggml, scored per block in float64 in numpy's order, llama.cpp's block kept wherever ours is not at least as
-    good -- the same blocks as the numpy re-check -- and the part's four sums."""
+    """:func:`hqq2gguf.cuda.host.finish` for the CPU, in one compiled pass: both answers decoded by ggml, llama.cpp's
+    block kept wherever ours is not at least as good in float64 (:func:`recheck_blocks`: the same blocks as the
+    numpy re-check), and the part's four sums."""
     spec = prep.spec
     if out.shape != prep.base_bytes.shape:
         raise RuntimeError(f"{spec.name}: the kernel returned {out.shape} bytes for {prep.base_bytes.shape} "
                            "(internal error)")
     ours = ggml_dequantize(spec.qtype, out)
-    base = ggml_dequantize(spec.qtype, prep.base_bytes)
     x = np.ascontiguousarray(prep.x32).reshape(ours.shape)
-    w = None if prep.w_rows is None else np.ascontiguousarray(prep.w_rows, np.float64)
+    take, sums, bad = recheck_blocks(x, prep.w_rows, ours, ggml_dequantize(spec.qtype, prep.base_bytes))
+    if bad:
+        logger.warning("%s: the CPU kernel wrote %d block(s) with non-finite scales (a kernel bug); kept "
+                       "llama.cpp's blocks there", spec.name, bad)
+    if take.any():
+        logger.debug("%s: %d of %d block(s) not better than llama.cpp's in float64; kept llama.cpp's", spec.name,
+                     int(take.sum()), len(take))
+        out = np.where(take[:, None], prep.base_bytes, out)
+    rows = prep.x32.shape[0]
+    return Encoded(out.reshape(rows, -1), float(sums[2]), float(sums[3]), float(sums[0]), float(sums[1]))
+
+
+def recheck_blocks(x: np.ndarray, w: np.ndarray | None, ours: np.ndarray, base: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """cuda/recheck.cu on float32 blocks x, ours, base (n_blocks, block) and float64 weights w (None: ones; any
+    shape of the same size): per block whether llama.cpp's ``base`` is kept (``ours`` not at least as good in
+    float64, each block's terms added in numpy's pairwise order, as ``block_objective``), the float64 sums
+    (objective, baseline objective, squared error, squared norm) of the kept blocks, and how many blocks of
+    ``ours`` are not all finite."""
     n_blocks, block = ours.shape
+    x, ours, base = (np.ascontiguousarray(a, np.float32) for a in (x, ours, base))
+    if w is not None:
+        w = np.ascontiguousarray(w, np.float64)
+    if not (x.shape == base.shape == ours.shape and (w is None or w.size == x.size)):
+        raise RuntimeError(f"recheck_blocks: shapes {x.shape}, {ours.shape}, {base.shape} differ (internal error)")
     take = np.zeros(n_blocks, np.uint8)
     sums = np.zeros(4, np.float64)
     fn = host_library("recheck", cache_dir(), ftz=False).hqq_recheck
     fn.argtypes, fn.restype = _RECHECK_ARGS, ctypes.c_longlong
     bad = fn(x.ctypes.data, None if w is None else w.ctypes.data, ours.ctypes.data, base.ctypes.data, n_blocks,
              block, take.ctypes.data, sums.ctypes.data)
-    if bad:
-        logger.warning("%s: the CPU kernel wrote %d block(s) with non-finite scales (a kernel bug); kept "
-                       "llama.cpp's blocks there", spec.name, bad)
-    if take.any():
-        logger.debug("%s: %d of %d block(s) not better than llama.cpp's in float64; kept llama.cpp's", spec.name,
-                     int(take.sum()), n_blocks)
-        out = np.where(take[:, None].astype(bool), prep.base_bytes, out)
-    rows = prep.x32.shape[0]
-    return Encoded(out.reshape(rows, -1), float(sums[2]), float(sums[3]), float(sums[0]), float(sums[1]))
+    return take.astype(bool), sums, int(bad)
 
 
 _RECHECK_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
