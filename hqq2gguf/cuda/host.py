@@ -139,10 +139,11 @@ def prepare(spec: QuantSpec, x32: np.ndarray, imp: torch.Tensor | None, config: 
     return Prepared(spec, inputs, x32, x64, w_rows, base_bytes, base_obj)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)
 def _uniform_fit(n_blocks: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     """All-ones weights of ``n_blocks`` blocks and their fitting weights (fitting_weights of ones, the same
-    float32 bits), read-only: a file's row parts mostly share one shape, so they are built once."""
+    float32 bits), read-only: a tensor's row parts share one shape but the last, so they are built once. Two
+    shapes are kept (two row parts' worth of float32 pairs: the part's own memory bound, not the model's)."""
     w = torch.ones(n_blocks, block, dtype=torch.float32)
     arrays = (w.numpy(), fitting_weights(w).numpy())
     for a in arrays:
