@@ -117,9 +117,10 @@ def test_deterministic_and_chunk_independent(qtype: Q) -> None:
 
 @pytest.mark.parametrize("qtype", SOLVER_TYPES, ids=lambda t: t.name)
 def test_default_iterations_per_type(qtype: Q) -> None:
-    """Q4_K's default is two iterations (chosen by KLD and time), every other type's four; an explicit count wins."""
+    """Q4_K's and Q3_K's default is two iterations (chosen by KLD and time), every other type's four; an explicit
+    count wins."""
     resolved = SolverConfig().for_type(qtype.name).iterations
-    assert resolved == (2 if qtype == Q.Q4_K else 4)
+    assert resolved == (2 if qtype in (Q.Q4_K, Q.Q3_K) else 4)
     assert SolverConfig(iterations=7).for_type(qtype.name).iterations == 7
     x = torch.from_numpy(_data("realish", seed=8))
     np.testing.assert_array_equal(quantize_tensor(x, qtype), quantize_tensor(x, qtype, config=SolverConfig(

@@ -20,10 +20,13 @@ CHUNK_ELEMENTS = 1 << 18
 Qwen2.5-1.5B ffn_gate (8960 x 1536): Q4_K 1.11 s at 1024 super-blocks vs 1.61 s at 4096, Q6_K 0.66 vs 0.90 s;
 Q4_0 0.91 s at 8192 blocks vs 0.96 at 4096 and 1.68 at 1024 (throwaway timings, same bytes)."""
 
-TYPE_ITERATIONS: dict[str, int] = {"Q4_K": 2}
+TYPE_ITERATIONS: dict[str, int] = {"Q4_K": 2, "Q3_K": 2}
 """Per-type iteration defaults, chosen by KLD and time. Q4_K: 2 (objective 0.974x llama.cpp's after one iteration,
 0.971x after two, 0.970x after four at 1.35x the solve time of two; Qwen2.5-Coder-1.5B Q4_K_M mean KLD: one
-iteration 1.033 +- 0.025 (1 s.e.) x four's, benchmarks/results/quality_qwen2.5-coder-1.5b-q4k-iterations.md)."""
+iteration 1.033 +- 0.025 (1 s.e.) x four's, benchmarks/results/quality_qwen2.5-coder-1.5b-q4k-iterations.md).
+Q3_K: 2 (objective 0.9535x llama.cpp's vs 0.9502x after four, solver_levers_qwen2.5-coder-1.5b.md; chunk-paired
+mean KLD of Q3_K_S, two iterations over four: Qwen2.5-Coder-1.5B 1.013 +- 0.024, SmolLM2 0.997 +- 0.003 (2 s.e.),
+benchmarks/results/quality_q3k-iterations_*.md; the Q3_K kernel's time about 26% lower)."""
 
 
 LLAMA_CPP_TYPES: tuple[str, ...] = ("Q8_0",)
@@ -61,9 +64,9 @@ class Preset(str, Enum):
 
     FAST = "fast"
     """The defaults: llama.cpp's answer (plus one extra start for the one-scale block types; Q8_0 without
-    importance is llama.cpp's answer alone, :data:`LLAMA_CPP_TYPES`), at most 4
-    iterations (2 for Q4_K, :data:`TYPE_ITERATIONS`), a block stops at its first iteration without improvement; blocks are solved on every CPU.
-    Keeps most of THOROUGH's gain."""
+    importance is llama.cpp's answer alone, :data:`LLAMA_CPP_TYPES`), at most 4 iterations (2 for Q4_K and Q3_K,
+    :data:`TYPE_ITERATIONS`), a block stops at its first iteration without improvement; blocks are solved on every
+    CPU. Keeps most of THOROUGH's gain."""
     THOROUGH = "thorough"
     """5 extra starts, 12 iterations, no early stop, every block type solved: the lowest objective, 5-15x slower
     than FAST."""
