@@ -66,14 +66,14 @@ template <class T>
 HQQ_FN float sub_offset(const Fields<T>& f, int g) { return T::AFFINE ? -(f.dmin * f.mn[g]) : 0.0f; }
 
 #if !HQQ_DEVICE_BUILD
-// The CPU's block-major rows (View::es == 1): sub-block g's levels under (D, B) and HQ targets into lv[], t[] in a
+// The CPU's block-major rows (View::es == 1): sub-block g's levels under (D, B) (inv = inv_of(D), as the caller
+// has it) and HQ targets into lv[], t[] in a
 // loop the compiler vectorizes; hq_target's pow runs after it, one element at a time, only where the shrinkage is
 // active (|error| above 0.999 steps). The same float32 steps as the per-element lambdas of the GPU build.
 template <class T>
-HQQ_FN void sub_targets(const View& v, const Config& cfg, int g, float D, float B, float inv_step, float* lv,
-                        float* t) {
+HQQ_FN void sub_targets(const View& v, const Config& cfg, int g, float D, float B, float inv, float inv_step,
+                        float* lv, float* t) {
   const float* x = v.x + g * T::S;
-  const float inv = inv_of(D);
   bool shrunk = false;
   for (int j = 0; j < T::S; ++j) {
     lv[j] = T::Grid::level(nearest_code<typename T::Grid, T::AFFINE>(x[j], inv, B));
@@ -128,7 +128,7 @@ HQQ_FN void fit_sub(const View& v, const Config& cfg, const Fields<T>& f, float 
 #if !HQQ_DEVICE_BUILD
     if (v.es == 1) {
       float lv[T::S], t[T::S];
-      sub_targets<T>(v, cfg, g, D, B, inv_step, lv, t);
+      sub_targets<T>(v, cfg, g, D, B, inv, inv_step, lv, t);
       const float* wf = v.wf + g * T::S;
       if constexpr (T::AFFINE) {
         AffineSums::of<T::S>(lv, t, wf).solve(D, B, true, true, s[g], b[g]);
@@ -204,7 +204,7 @@ HQQ_FN void refit_super(const View& v, const Config& cfg, Fields<T>& f, float c)
   if (v.es == 1) {
     float a[256], t[256], lv[T::S];
     for (int g = 0; g < T::G; ++g) {
-      sub_targets<T>(v, cfg, g, sub_scale(f, g), sub_offset(f, g), inv_step[g], lv, t + g * T::S);
+      sub_targets<T>(v, cfg, g, sub_scale(f, g), sub_offset(f, g), inv[g], inv_step[g], lv, t + g * T::S);
       for (int j = 0; j < T::S; ++j) a[g * T::S + j] = f.sc[g] * lv[j];
     }
     if constexpr (T::AFFINE) {

@@ -36,8 +36,8 @@ CXX_FLAGS: tuple[str, ...] = ("-std=c++17", "-O3", "-ffp-contract=off", "-fno-tr
                                "-x", "c++") + (("-msse4.1",) if platform.machine().lower() in _X86 else ())
 """-ffp-contract=off: no fused multiply-add, as the kernels are compiled (--fmad=false) and as torch computes.
 -fno-trapping-math: floating-point exceptions are never trapped (nothing here unmasks them), so the compiler may
-turn a clamp's compare-and-select into vector min/max and vectorize the per-element loops (the K-quant kernels
-30% faster on Qwen2.5-1.5B tensors); it changes no result, only what may raise the FPU's sticky flags.
+turn a clamp's compare-and-select into vector min/max and vectorize the per-element loops; it changes no result
+(tests/test_solve_cpu.py: the torch solver's bytes), only what may raise the FPU's sticky flags.
 -msse4.1 (x86): ``nearbyint`` becomes one ``roundss``/``roundps`` instead of a libm call (every x86-64 CPU since
 2008 has it; the rounding is the same IEEE round-half-even). No -ffast-math, no -march=native: the arithmetic
 stays torch's."""

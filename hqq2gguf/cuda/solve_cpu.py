@@ -107,8 +107,8 @@ def recheck(prep: Prepared, out: np.ndarray) -> Encoded:
         raise RuntimeError(f"{spec.name}: the kernel returned {out.shape} bytes for {prep.base_bytes.shape} "
                            "(internal error)")
     ours = ggml_dequantize(spec.qtype, out)
-    x = np.ascontiguousarray(prep.x32).reshape(ours.shape)
-    take, sums, bad = recheck_blocks(x, prep.w_rows, ours, ggml_dequantize(spec.qtype, prep.base_bytes))
+    take, sums, bad = recheck_blocks(prep.x32.reshape(ours.shape), prep.w_rows, ours,
+                                     ggml_dequantize(spec.qtype, prep.base_bytes))
     if bad:
         logger.warning("%s: the CPU kernel wrote %d block(s) with non-finite scales (a kernel bug); kept "
                        "llama.cpp's blocks there", spec.name, bad)
@@ -133,13 +133,17 @@ def recheck_blocks(x: np.ndarray, w: np.ndarray | None, ours: np.ndarray, base: 
         w = np.ascontiguousarray(w, np.float64)
     if not (x.shape == base.shape == ours.shape and (w is None or w.size == x.size)):
         raise RuntimeError(f"recheck_blocks: shapes {x.shape}, {ours.shape}, {base.shape} differ (internal error)")
-    take = np.zeros(n_blocks, np.uint8)
+    take = np.zeros(n_blocks, np.bool_)
     sums = np.zeros(4, np.float64)
-    fn = host_library("recheck", cache_dir(), ftz=False).hqq_recheck
-    fn.argtypes, fn.restype = _RECHECK_ARGS, ctypes.c_longlong
-    bad = fn(x.ctypes.data, None if w is None else w.ctypes.data, ours.ctypes.data, base.ctypes.data, n_blocks,
-             block, take.ctypes.data, sums.ctypes.data)
-    return take.astype(bool), sums, int(bad)
+    bad = _recheck_entry(cache_dir())(x.ctypes.data, None if w is None else w.ctypes.data, ours.ctypes.data, base.ctypes.data,
+                           n_blocks, block, take.ctypes.data, sums.ctypes.data)
+    return take, sums, int(bad)
 
 
-_RECHECK_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+@functools.cache
+def _recheck_entry(build_dir: Path) -> ctypes._CFuncPtr:
+    """cuda/recheck.cu's ``hqq_recheck`` built in ``build_dir``, loaded and typed once (every row part calls it)."""
+    fn = host_library("recheck", build_dir, ftz=False).hqq_recheck
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_longlong
+    return fn

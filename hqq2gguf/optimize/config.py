@@ -26,7 +26,8 @@ TYPE_ITERATIONS: dict[str, int] = {"Q4_K": 2, "Q3_K": 2}
 iteration 1.033 +- 0.025 (1 s.e.) x four's, benchmarks/results/quality_qwen2.5-coder-1.5b-q4k-iterations.md).
 Q3_K: 2 (objective 0.9535x llama.cpp's vs 0.9502x after four, solver_levers_qwen2.5-coder-1.5b.md; chunk-paired
 mean KLD of Q3_K_S, two iterations over four: Qwen2.5-Coder-1.5B 1.013 +- 0.024, SmolLM2 0.997 +- 0.003 (2 s.e.),
-benchmarks/results/quality_q3k-iterations_*.md; the Q3_K kernel's time about 26% lower)."""
+benchmarks/results/quality_q3k-iterations_*.md; the solve on one thread 0.66 s instead of 1.02 s in
+solver_levers, Qwen Q3_K_S 2.90x llama-quantize's time instead of 3.38x in quantize_speed_qwen2.5-coder-1.5b.md)."""
 
 
 LLAMA_CPP_TYPES: tuple[str, ...] = ("Q8_0",)
