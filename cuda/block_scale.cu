@@ -9,6 +9,9 @@
 // early stop per start; the first start with the lowest objective wins -- and writes the finished ggml
 // block bytes and its float32 objective.
 //
+// The CPU build (no GPU: the default solver, hqq2gguf/cuda/solve_cpu.py) solves LANES blocks side by side in vector
+// lanes (solve_lanes, below), the same steps per block, and the last few blocks of a part one by one.
+//
 // Entry points (extern "C", found by name): hqq_q4_0 hqq_q5_0 hqq_q8_0 hqq_iq4_nl hqq_q4_1 hqq_q5_1 (and, in
 // the CPU build only, hqq_tq1_0 hqq_tq2_0: 256-element ternary blocks),
 // parameters HQQ_KERNEL_PARAMS (common.cuh).
@@ -101,49 +104,67 @@ HQQ_FN void run_start(const Block<T>& b, const Config& cfg, float s, float off, 
   }
 }
 
-// The extra starts of block_scale._starts, in its order: per factor f, affine: the min/max fit of the
-// range shrunk by f; symmetric: f * absmax mapped to the lowest, then the highest level. A start whose snapped
-// (d, m) equals an earlier start's (llama.cpp's included) retraces it step for step and loses every tie to it:
-// it is skipped, as BestOfStarts.drop_repeats does (no byte changes; Q4_0's -absmax/8 start IS llama.cpp's).
+// The range of a block for its extra starts: min, max, and the first largest |x| (as argmax).
+struct Range {
+  float lo, hi, xm;
+  HQQ_FN void add(float x) {
+    lo = x < lo ? x : lo;
+    hi = x > hi ? x : hi;
+    if (abs_f(x) > abs_f(xm)) xm = x;
+  }
+};
+
+// The extra starts of block_scale._starts, in its order: per factor f, affine: the min/max fit of the range
+// shrunk by f; symmetric: f * absmax mapped to the lowest, then the highest level. Extra start k is factor
+// k / n_sides, side k % n_sides.
+template <class T>
+struct ExtraStarts {
+  static constexpr int n_sides = T::AFFINE ? 1 : 2;
+  HQQ_FN static int count(const Config& cfg) { return cfg.n_factors * n_sides; }
+  HQQ_FN static void start(const Config& cfg, const Range& r, int k, float& s, float& off) {
+    const float f = cfg.factors[k / n_sides];
+    if constexpr (T::AFFINE) {
+      const float span = r.hi - r.lo;
+      s = f * span / (T::Grid::HI - T::Grid::LO);
+      off = r.lo + cfg.one_minus[k / n_sides] * span / 2.0f - s * T::Grid::LO;
+    } else {
+      s = f * r.xm / (k % n_sides == 0 ? T::Grid::LO : T::Grid::HI);
+      off = 0.0f;
+    }
+  }
+  // trajectory keys: the bits of the snapped d (and m); on a grid symmetric about 0 (TQ*) -d retraces d
+  // mirrored, so only |d| counts (block_scale._trajectory_key)
+  HQQ_FN static unsigned int key(float d) {
+    constexpr bool mirrored = T::Grid::QMIN == -T::Grid::QMAX;
+    return mirrored ? float_bits(abs_f(d)) : float_bits(d);
+  }
+  HQQ_FN static bool same(float s, float off, float d, float m) {
+    return key(snap_fp16(s)) == key(d) && (!T::AFFINE || float_bits(snap_fp16(off)) == float_bits(m));
+  }
+  // A start whose snapped (d, m) equals an earlier start's (llama.cpp's (d0, m0) included) retraces it step for
+  // step and loses every tie to it: it is skipped, as BestOfStarts.drop_repeats does (no byte changes; Q4_0's
+  // -absmax/8 start IS llama.cpp's).
+  HQQ_FN static bool repeat(const Config& cfg, const Range& r, int k, float s, float off, float d0, float m0) {
+    bool rep = same(s, off, d0, m0);
+    for (int j = 0; j < k && !rep; ++j) {
+      float sj, offj;
+      start(cfg, r, j, sj, offj);
+      rep = same(s, off, snap_fp16(sj), snap_fp16(offj));
+    }
+    return rep;
+  }
+};
+
 template <class T>
 HQQ_FN void run_extra_starts(const Block<T>& b, const Config& cfg, Best& best_of_all, float d0, float m0,
                              float base_obj) {
-  float lo = b.x[0], hi = b.x[0], xm = b.x[0];
-  for (int e = 1; e < T::B; ++e) {
-    lo = b.x[e] < lo ? b.x[e] : lo;
-    hi = b.x[e] > hi ? b.x[e] : hi;
-    if (abs_f(b.x[e]) > abs_f(xm)) xm = b.x[e];  // the first largest |x|, as argmax
-  }
-  constexpr int n_sides = T::AFFINE ? 1 : 2;
-  auto start = [&](int k, float& s, float& off) {  // extra start k (factor k / n_sides, side k % n_sides)
-    const float f = cfg.factors[k / n_sides];
-    if constexpr (T::AFFINE) {
-      const float r = hi - lo;
-      s = f * r / (T::Grid::HI - T::Grid::LO);
-      off = lo + cfg.one_minus[k / n_sides] * r / 2.0f - s * T::Grid::LO;
-    } else {
-      s = f * xm / (k % n_sides == 0 ? T::Grid::LO : T::Grid::HI);
-      off = 0.0f;
-    }
-  };
-  // trajectory keys: the bits of the snapped d (and m); on a grid symmetric about 0 (TQ*) -d retraces d mirrored,
-  // so only |d| counts (block_scale._trajectory_key)
-  constexpr bool mirrored = T::Grid::QMIN == -T::Grid::QMAX;
-  auto key = [](float d) { return mirrored ? float_bits(abs_f(d)) : float_bits(d); };
-  auto same = [&](float s, float off, float d, float m) {
-    return key(snap_fp16(s)) == key(d) && (!T::AFFINE || float_bits(snap_fp16(off)) == float_bits(m));
-  };
+  Range r{b.x[0], b.x[0], b.x[0]};
+  for (int e = 1; e < T::B; ++e) r.add(b.x[e]);
   const Best base{0.0f, 0.0f, base_obj, true};
-  for (int k = 0; k < cfg.n_factors * n_sides; ++k) {
+  for (int k = 0; k < ExtraStarts<T>::count(cfg); ++k) {
     float s, off;
-    start(k, s, off);
-    bool repeat = same(s, off, d0, m0);
-    for (int j = 0; j < k && !repeat; ++j) {
-      float sj, offj;
-      start(j, sj, offj);
-      repeat = same(s, off, snap_fp16(sj), snap_fp16(offj));
-    }
-    if (repeat) continue;
+    ExtraStarts<T>::start(cfg, r, k, s, off);
+    if (ExtraStarts<T>::repeat(cfg, r, k, s, off, d0, m0)) continue;
     Best best = base;
     run_start<T>(b, cfg, s, off, best);
     if (best.obj < best_of_all.obj) best_of_all = best;  // argmin over starts: the first on ties
@@ -180,15 +201,280 @@ HQQ_FN void solve_block(const Inputs& in, const Config& cfg, long long i) {
   in.out_obj[i] = best.obj;
 }
 
+#if !HQQ_DEVICE_BUILD
+// ---------------------------------------------------------------- the CPU build: LANES blocks side by side
+//
+// solve_block one block at a time is scalar code: its sums must add in torch's order, which a vector over one
+// block's elements cannot follow without shuffles. Across blocks every step is the same, so here LANES blocks
+// run solve_block's float32 steps side by side in vectors (GCC/Clang vector extensions), element-major (x[e][l]
+// is element e of block i + l): each lane's sums add in torch's order, and each lane follows its own control
+// flow through masks (a start skipped as a repeat, a patience stop). The same operations on the same numbers give
+// each block exactly solve_block's bytes; the tests hold both to the torch solver's.
+
+#if defined(__AVX__)  // one vector register of floats
+constexpr int LANES = 8;
+#else
+constexpr int LANES = 4;
+#endif
+typedef float LaneF __attribute__((vector_size(4 * LANES)));
+typedef int LaneI __attribute__((vector_size(4 * LANES)));
+
+HQQ_FN LaneF splat(float v) { return LaneF{} + v; }
+HQQ_FN LaneI splat_i(int v) { return LaneI{} + v; }
+HQQ_FN LaneF select(LaneI mask, LaneF a, LaneF b) { return (LaneF)((mask & (LaneI)a) | (~mask & (LaneI)b)); }
+HQQ_FN LaneF abs_lanes(LaneF v) { return (LaneF)((LaneI)v & 0x7fffffff); }  // fabs: the sign bit cleared
+HQQ_FN LaneF clamp_lanes(LaneF v, float lo, float hi) {  // clamp(): NaN stays NaN
+  v = select(v < lo, splat(lo), v);
+  return select(v > hi, splat(hi), v);
+}
+// Round half to even for |v| <= 2^22 (the default rounding mode does it on the add): rint_even of the code
+// grids' clamped values. rint_even(clamp(v)) == clamp(rint_even(v)) for integer bounds, NaN included.
+HQQ_FN LaneF rint_small(LaneF v) { return (v + 12582912.0f) - 12582912.0f; }
+HQQ_FN bool any(LaneI mask) {
+  int a = 0;
+  for (int l = 0; l < LANES; ++l) a |= mask[l];
+  return a != 0;
+}
+
+// Grid::level(Grid::nearest(v)) for every lane: IntGrid's clamped rounding, Iq4Grid's compare chains. The int
+// conversion stays, for NaN's sake ((float)(int)NaN as the scalar code has it).
+template <class G>
+struct LaneGrid;
+template <int QMIN, int QMAX>
+struct LaneGrid<IntGrid<QMIN, QMAX>> {
+  HQQ_FN static LaneF level_of_nearest(LaneF v) {
+    return __builtin_convertvector(__builtin_convertvector(rint_small(clamp_lanes(v, QMIN, QMAX)), LaneI), LaneF);
+  }
+};
+template <>
+struct LaneGrid<Iq4Grid> {
+  HQQ_FN static LaneF level_of_nearest(LaneF v) {
+    constexpr float mids[15] = {-115.5f, -93.5f, -74.0f, -57.0f, -42.0f, -28.5f, -16.0f, -4.5f,
+                                7.0f,    19.0f,  31.5f,  45.5f,  61.0f,  79.0f,  101.0f};
+    constexpr int steps[15] = {23, 21, 18, 16, 14, 13, 12, 11, 12, 12, 13, 15, 16, 20, 24};
+    LaneI level = splat_i(-127);  // a true compare is -1: each midpoint below v adds its step
+    for (int k = 0; k < 15; ++k) level -= (v > mids[k]) * steps[k];
+    return __builtin_convertvector(level, LaneF);
+  }
+};
+
+template <class T>
+struct LaneBlocks {
+  LaneF x[T::B], w[T::B], wf[T::B];
+};
+
+struct LaneBest {
+  float d[LANES], m[LANES], obj[LANES];
+  bool base[LANES];
+  HQQ_FN void take(int l, float d_, float m_, float obj_, bool base_) {
+    d[l] = d_;
+    m[l] = m_;
+    obj[l] = obj_;
+    base[l] = base_;
+  }
+};
+
+// torch_sum<N, float> of t[e] in every lane: the same additions in the same order.
+template <int N>
+HQQ_FN LaneF torch_sum_lanes(const LaneF* t) {
+  constexpr int V = HQQ_SUM_LANES;
+  LaneF total = splat(0.0f);
+  auto partials = [&](int base, int stride, int n) {  // four partials over base + stride * (4i + k), the rest in p0
+    LaneF p0 = splat(0.0f), p1 = p0, p2 = p0, p3 = p0;
+    for (int i = 0; i < n / 4; ++i) {
+      p0 += t[base + (4 * i + 0) * stride];
+      p1 += t[base + (4 * i + 1) * stride];
+      p2 += t[base + (4 * i + 2) * stride];
+      p3 += t[base + (4 * i + 3) * stride];
+    }
+    for (int m = 4 * (n / 4); m < n; ++m) p0 += t[base + m * stride];
+    total += ((p0 + p1) + p2) + p3;
+  };
+  if constexpr (N >= V) {
+    constexpr int nvec = N / V;
+    for (int e = nvec * V; e < N; ++e) total += t[e];
+    for (int k = 0; k < V; ++k) partials(k, V, nvec);
+  } else {
+    partials(0, 1, N);
+  }
+  return total;
+}
+
+// score for every lane: weighted_sse under (d, m) with the nearest codes, whose levels go to lv.
+template <class T>
+HQQ_FN LaneF score_lanes(const LaneBlocks<T>& b, LaneF d, LaneF m, LaneF* lv) {
+  LaneF inv, t[T::B];
+  for (int l = 0; l < LANES; ++l) inv[l] = inv_of(d[l]);
+  for (int e = 0; e < T::B; ++e) {
+    const LaneF x = b.x[e];
+    lv[e] = LaneGrid<typename T::Grid>::level_of_nearest(T::AFFINE ? (x - m) * inv : x * inv);
+    const LaneF r = x - (T::AFFINE ? d * lv[e] + m : d * lv[e]);
+    t[e] = r * r * b.w[e];
+  }
+  return torch_sum_lanes<T::B>(t);
+}
+
+// run_start's fit for every lane: (s, off) fitted to the HQ target with the fitting weights. hq_target's pow
+// runs only on the elements where the shrinkage is active (|error| above 0.999 steps), after the vector loop.
+template <class T>
+HQQ_FN void fit_lanes(const LaneBlocks<T>& b, const Config& cfg, float c, LaneF d, LaneF m, const LaneF* lv,
+                      float* s, float* off) {
+  LaneF inv_step, t[T::B], x_hat[T::B];
+  for (int l = 0; l < LANES; ++l) inv_step[l] = hq_inv_step(d[l], c);
+  LaneI shrunk = splat_i(0);
+  for (int e = 0; e < T::B; ++e) {
+    x_hat[e] = T::AFFINE ? d * lv[e] + m : d * lv[e];
+    shrunk |= ~(abs_lanes(b.x[e] - x_hat[e]) * inv_step <= 0.999f);
+    t[e] = b.x[e];
+  }
+  if (cfg.shrink && any(shrunk))
+    for (int e = 0; e < T::B; ++e)
+      for (int l = 0; l < LANES; ++l)
+        if (!(abs_f(b.x[e][l] - x_hat[e][l]) * inv_step[l] <= 0.999f))
+          t[e][l] = hq_target(b.x[e][l], x_hat[e][l], inv_step[l], cfg.p_exp, true);
+  if constexpr (T::AFFINE) {  // AffineSums::term, each component summed on its own
+    LaneF wl[T::B], wt[T::B], wll[T::B], wlt[T::B];
+    for (int e = 0; e < T::B; ++e) {
+      wl[e] = b.wf[e] * lv[e];
+      wt[e] = b.wf[e] * t[e];
+      wll[e] = wl[e] * lv[e];
+      wlt[e] = wl[e] * t[e];
+    }
+    const LaneF sw = torch_sum_lanes<T::B>(b.wf), sl = torch_sum_lanes<T::B>(wl), st = torch_sum_lanes<T::B>(wt),
+                sll = torch_sum_lanes<T::B>(wll), slt = torch_sum_lanes<T::B>(wlt);
+    for (int l = 0; l < LANES; ++l)
+      AffineSums{sw[l], sl[l], st[l], sll[l], slt[l]}.solve(d[l], m[l], false, false, s[l], off[l]);
+  } else {  // ScaleSums::term
+    LaneF den[T::B], num[T::B];
+    for (int e = 0; e < T::B; ++e) {
+      const LaneF wl = b.wf[e] * lv[e];
+      den[e] = wl * lv[e];
+      num[e] = wl * t[e];
+    }
+    const LaneF sd = torch_sum_lanes<T::B>(den), sn = torch_sum_lanes<T::B>(num);
+    for (int l = 0; l < LANES; ++l) s[l] = ScaleSums{sd[l], sn[l]}.solve(d[l]);
+  }
+}
+
+// run_start for every lane where active[] (lanes whose start is skipped, or stopped by patience, are left alone).
+template <class T>
+HQQ_FN void run_start_lanes(const LaneBlocks<T>& b, const Config& cfg, float* s, float* off, bool* active,
+                            LaneBest& best) {
+  LaneF lv[T::B], d, m;
+  int stall[LANES] = {};
+  for (int it = 0;; ++it) {
+    for (int l = 0; l < LANES; ++l) {
+      d[l] = snap_fp16(s[l]);
+      m[l] = T::AFFINE ? snap_fp16(off[l]) : 0.0f;
+    }
+    const LaneF obj = score_lanes<T>(b, d, m, lv);
+    bool better[LANES];
+    for (int l = 0; l < LANES; ++l) {
+      better[l] = obj[l] < best.obj[l];
+      if (active[l] && better[l]) best.take(l, d[l], m[l], obj[l], false);
+    }
+    if (it == cfg.iterations) break;
+    fit_lanes<T>(b, cfg, cfg.hq_c[it], d, m, lv, s, off);
+    if (cfg.patience && it > 0) {
+      bool still = false;
+      for (int l = 0; l < LANES; ++l) {
+        stall[l] = better[l] ? 0 : stall[l] + 1;
+        active[l] = active[l] && stall[l] < cfg.patience;
+        still = still || active[l];
+      }
+      if (!still) break;
+    }
+  }
+}
+
+// solve_block for blocks i0 .. i0 + LANES - 1 of block-major rows (elem_stride 1).
+template <class T>
+HQQ_FN void solve_lanes(const Inputs& in, const Config& cfg, long long i0) {
+  LaneBlocks<T> b;
+  LaneF t[T::B], d0, m0;
+  for (int l = 0; l < LANES; ++l) {
+    const View v(in, i0 + l);
+    d0[l] = in.base_d[i0 + l];
+    m0[l] = T::AFFINE ? in.base_m[i0 + l] : 0.0f;
+    for (int e = 0; e < T::B; ++e) {
+      b.x[e][l] = v.x[e];
+      b.w[e][l] = v.w[e];
+      b.wf[e][l] = v.wf[e];
+      const float y = T::Grid::level(v.q0[e]) * d0[l];  // llama.cpp's answer, scored
+      const float r = v.x[e] - (T::AFFINE ? y + m0[l] : y);
+      t[e][l] = r * r * v.w[e];
+    }
+  }
+  const LaneF base_obj = torch_sum_lanes<T::B>(t);
+  LaneBest best;
+  float s[LANES], off[LANES];
+  bool active[LANES];
+  for (int l = 0; l < LANES; ++l) {
+    best.take(l, d0[l], m0[l], base_obj[l], true);
+    s[l] = d0[l];
+    off[l] = m0[l];
+    active[l] = true;
+  }
+  run_start_lanes<T>(b, cfg, s, off, active, best);  // start 0: llama.cpp's own fields
+  LaneF lo = b.x[0], hi = b.x[0], xm = b.x[0];  // Range::add in every lane
+  for (int e = 1; e < T::B; ++e) {
+    const LaneF x = b.x[e];
+    lo = select(x < lo, x, lo);
+    hi = select(x > hi, x, hi);
+    xm = select(abs_lanes(x) > abs_lanes(xm), x, xm);
+  }
+  Range r[LANES];
+  for (int l = 0; l < LANES; ++l) r[l] = Range{lo[l], hi[l], xm[l]};
+  for (int k = 0; k < ExtraStarts<T>::count(cfg); ++k) {
+    bool any_active = false;
+    for (int l = 0; l < LANES; ++l) {
+      ExtraStarts<T>::start(cfg, r[l], k, s[l], off[l]);
+      active[l] = !ExtraStarts<T>::repeat(cfg, r[l], k, s[l], off[l], d0[l], m0[l]);
+      any_active = any_active || active[l];
+    }
+    if (!any_active) continue;
+    LaneBest start_best;  // a skipped lane keeps llama.cpp's block here, which never beats best
+    for (int l = 0; l < LANES; ++l) start_best.take(l, 0.0f, 0.0f, base_obj[l], true);
+    run_start_lanes<T>(b, cfg, s, off, active, start_best);
+    for (int l = 0; l < LANES; ++l)  // argmin over starts: the first on ties
+      if (start_best.obj[l] < best.obj[l])
+        best.take(l, start_best.d[l], start_best.m[l], start_best.obj[l], start_best.base[l]);
+  }
+  for (int l = 0; l < LANES; ++l) {
+    const View v(in, i0 + l);
+    signed char q[T::B];
+    const float inv = inv_of(best.d[l]);
+    for (int e = 0; e < T::B; ++e)
+      q[e] = best.base[l] ? v.q0[e] : (signed char)nearest_code<typename T::Grid, T::AFFINE>(v.x[e], inv, best.m[l]);
+    T::write(in.out + (i0 + l) * T::TYPE_SIZE, best.base[l] ? d0[l] : best.d[l], best.base[l] ? m0[l] : best.m[l], q);
+    in.out_obj[i0 + l] = best.obj[l];
+  }
+}
+
+// Every block: LANES at a time where the rows are block-major, the rest one by one.
+template <class T>
+HQQ_FN void solve_blocks(const Inputs& in, const Config& cfg, long long n_blocks) {
+  long long i = 0;
+  if (in.elem_stride == 1)
+    for (; i + LANES <= n_blocks; i += LANES) solve_lanes<T>(in, cfg, i);
+  for (; i < n_blocks; ++i) solve_block<T>(in, cfg, i);
+}
+#endif
+
 }  // namespace hqq
 
-HQQ_DEFINE_ENTRY(hqq_q4_0, hqq::solve_block<hqq::Q4_0>)
-HQQ_DEFINE_ENTRY(hqq_q5_0, hqq::solve_block<hqq::Q5_0>)
-HQQ_DEFINE_ENTRY(hqq_q8_0, hqq::solve_block<hqq::Q8_0>)
-HQQ_DEFINE_ENTRY(hqq_iq4_nl, hqq::solve_block<hqq::IQ4_NL>)
-HQQ_DEFINE_ENTRY(hqq_q4_1, hqq::solve_block<hqq::Q4_1>)
-HQQ_DEFINE_ENTRY(hqq_q5_1, hqq::solve_block<hqq::Q5_1>)
+#if HQQ_DEVICE_BUILD
+#define HQQ_BLOCK_ENTRY(NAME, T) HQQ_DEFINE_ENTRY(NAME, hqq::solve_block<T>)
+#else
+#define HQQ_BLOCK_ENTRY(NAME, T) HQQ_DEFINE_ENTRY_ALL(NAME, hqq::solve_blocks<T>)
+#endif
+HQQ_BLOCK_ENTRY(hqq_q4_0, hqq::Q4_0)
+HQQ_BLOCK_ENTRY(hqq_q5_0, hqq::Q5_0)
+HQQ_BLOCK_ENTRY(hqq_q8_0, hqq::Q8_0)
+HQQ_BLOCK_ENTRY(hqq_iq4_nl, hqq::IQ4_NL)
+HQQ_BLOCK_ENTRY(hqq_q4_1, hqq::Q4_1)
+HQQ_BLOCK_ENTRY(hqq_q5_1, hqq::Q5_1)
 #if !HQQ_DEVICE_BUILD
-HQQ_DEFINE_ENTRY(hqq_tq1_0, hqq::solve_block<hqq::TQ1_0>)
-HQQ_DEFINE_ENTRY(hqq_tq2_0, hqq::solve_block<hqq::TQ2_0>)
+HQQ_BLOCK_ENTRY(hqq_tq1_0, hqq::TQ1_0)
+HQQ_BLOCK_ENTRY(hqq_tq2_0, hqq::TQ2_0)
 #endif

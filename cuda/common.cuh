@@ -111,6 +111,9 @@ struct IntGrid {
   HQQ_FN static float level(int q) { return (float)q; }
   // v.round_().clamp_(qmin, qmax)
   HQQ_FN static int nearest(float v) { return (int)clamp(rint_even(v), LO, HI); }
+  // the same, for loops the compiler vectorizes (Iq4Grid's differ)
+  HQQ_FN static float level_chain(int q) { return level(q); }
+  HQQ_FN static int nearest_chain(float v) { return nearest(v); }
 };
 
 // kvalues_iq4nl (ggml-common.h): the code is an index 0..15 into -127 -104 -83 -65 -49 -35 -22 -10 1 13 25
@@ -118,19 +121,23 @@ struct IntGrid {
 struct Iq4Grid {
   static constexpr int QMIN = 0, QMAX = 15;
   static constexpr float LO = -127.0f, HI = 113.0f;
-#if HQQ_DEVICE_BUILD  // registers only: compare chains (a table indexed at run time would live in local memory)
-  HQQ_FN static float level(int q) {  // -127 plus the steps between consecutive levels below q
+  // Compare chains: registers only on the GPU (a table indexed at run time would live in local memory), vector
+  // compares in the CPU's loops over several blocks (block_scale.cu's lanes).
+  HQQ_FN static float level_chain(int q) {  // -127 plus the steps between consecutive levels below q
     return (float)(-127 + 23 * (q > 0) + 21 * (q > 1) + 18 * (q > 2) + 16 * (q > 3) + 14 * (q > 4) + 13 * (q > 5)
                    + 12 * (q > 6) + 11 * (q > 7) + 12 * (q > 8) + 12 * (q > 9) + 13 * (q > 10) + 15 * (q > 11)
                    + 16 * (q > 12) + 20 * (q > 13) + 24 * (q > 14));
   }
   // torch.searchsorted(mids, v), side left: the number of midpoints strictly below v.
-  HQQ_FN static int nearest(float v) {
+  HQQ_FN static int nearest_chain(float v) {
     return (v > -115.5f) + (v > -93.5f) + (v > -74.0f) + (v > -57.0f) + (v > -42.0f) + (v > -28.5f) + (v > -16.0f)
            + (v > -4.5f) + (v > 7.0f) + (v > 19.0f) + (v > 31.5f) + (v > 45.5f) + (v > 61.0f) + (v > 79.0f)
            + (v > 101.0f);
   }
-#else  // the CPU: the same answers from tables, four compares instead of fifteen
+#if HQQ_DEVICE_BUILD
+  HQQ_FN static float level(int q) { return level_chain(q); }
+  HQQ_FN static int nearest(float v) { return nearest_chain(v); }
+#else  // one block at a time on the CPU: the same answers from tables, four compares instead of fifteen
   HQQ_FN static float level(int q) {
     static constexpr float kLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
     return kLevels[q];
@@ -431,12 +438,15 @@ struct FtzScope {
 #endif
 
 // extern "C" entry NAME running SOLVE(inputs, config, block index) for every block.
-#define HQQ_DEFINE_ENTRY(NAME, SOLVE)                                                                        \
+#define HQQ_DEFINE_ENTRY(NAME, SOLVE) HQQ_DEFINE_ENTRY_BODY(NAME, HQQ_FOR_EACH_BLOCK(i, n_blocks) SOLVE(in, cfg, i))
+// extern "C" entry NAME running SOLVE_ALL(inputs, config, n_blocks) once (the CPU build's multi-block solvers).
+#define HQQ_DEFINE_ENTRY_ALL(NAME, SOLVE_ALL) HQQ_DEFINE_ENTRY_BODY(NAME, SOLVE_ALL(in, cfg, n_blocks))
+#define HQQ_DEFINE_ENTRY_BODY(NAME, RUN)                                                                     \
   HQQ_ENTRY NAME(HQQ_KERNEL_PARAMS) {                                                                        \
     const hqq::Inputs in{x, w, wf, base_q, elem_stride, block_stride, base_d, base_m, base_sc, base_mn, out, \
                          out_obj};                                                                           \
     const hqq::Config cfg{iterations, patience, shrink != 0, p_exp, hq_c, n_factors, factors,                \
                           one_minus_factors, radius};                                                        \
     HQQ_FTZ_SCOPE;                                                                                           \
-    HQQ_FOR_EACH_BLOCK(i, n_blocks) SOLVE(in, cfg, i);                                                       \
+    RUN;                                                                                                     \
   }

@@ -274,7 +274,11 @@ def row_source(x: object, spec: QuantSpec) -> np.ndarray:
 
 def part_rows(xs: np.ndarray, sl: slice, spec: QuantSpec) -> np.ndarray:
     """Rows ``sl`` of :func:`row_source`'s array as contiguous float32, refused if any is not finite."""
-    x32 = np.ascontiguousarray(xs[sl], dtype=np.float32)
+    rows = xs[sl]
+    if rows.dtype == np.float16 and rows.flags.writeable:  # torch's conversion is vectorized, numpy's is not
+        x32 = np.ascontiguousarray(torch.from_numpy(rows).to(torch.float32).numpy())  # the same exact values
+    else:
+        x32 = np.ascontiguousarray(rows, dtype=np.float32)
     if not np.isfinite(x32).all():
         raise InputError(f"{spec.name}: cannot quantize non-finite values")
     return x32
