@@ -219,17 +219,26 @@ constexpr int LANES = 4;
 typedef float LaneF __attribute__((vector_size(4 * LANES)));
 typedef int LaneI __attribute__((vector_size(4 * LANES)));
 
-HQQ_FN LaneF splat(float v) { return LaneF{} + v; }
-HQQ_FN LaneI splat_i(int v) { return LaneI{} + v; }
+// Every operand a vector (GCC and Clang differ on mixing in scalars).
+HQQ_FN LaneF splat(float v) {
+  LaneF r;
+  for (int l = 0; l < LANES; ++l) r[l] = v;
+  return r;
+}
+HQQ_FN LaneI splat_i(int v) {
+  LaneI r;
+  for (int l = 0; l < LANES; ++l) r[l] = v;
+  return r;
+}
 HQQ_FN LaneF select(LaneI mask, LaneF a, LaneF b) { return (LaneF)((mask & (LaneI)a) | (~mask & (LaneI)b)); }
-HQQ_FN LaneF abs_lanes(LaneF v) { return (LaneF)((LaneI)v & 0x7fffffff); }  // fabs: the sign bit cleared
+HQQ_FN LaneF abs_lanes(LaneF v) { return (LaneF)((LaneI)v & splat_i(0x7fffffff)); }  // fabs: the sign bit cleared
 HQQ_FN LaneF clamp_lanes(LaneF v, float lo, float hi) {  // clamp(): NaN stays NaN
-  v = select(v < lo, splat(lo), v);
-  return select(v > hi, splat(hi), v);
+  v = select(v < splat(lo), splat(lo), v);
+  return select(v > splat(hi), splat(hi), v);
 }
 // Round half to even for |v| <= 2^22 (the default rounding mode does it on the add): rint_even of the code
 // grids' clamped values. rint_even(clamp(v)) == clamp(rint_even(v)) for integer bounds, NaN included.
-HQQ_FN LaneF rint_small(LaneF v) { return (v + 12582912.0f) - 12582912.0f; }
+HQQ_FN LaneF rint_small(LaneF v) { return (v + splat(12582912.0f)) - splat(12582912.0f); }
 HQQ_FN bool any(LaneI mask) {
   int a = 0;
   for (int l = 0; l < LANES; ++l) a |= mask[l];
@@ -249,11 +258,12 @@ struct LaneGrid<IntGrid<QMIN, QMAX>> {
 template <>
 struct LaneGrid<Iq4Grid> {
   HQQ_FN static LaneF level_of_nearest(LaneF v) {
+    // Iq4Grid's device build: the midpoints of nearest's chain and the steps of level's
     constexpr float mids[15] = {-115.5f, -93.5f, -74.0f, -57.0f, -42.0f, -28.5f, -16.0f, -4.5f,
                                 7.0f,    19.0f,  31.5f,  45.5f,  61.0f,  79.0f,  101.0f};
     constexpr int steps[15] = {23, 21, 18, 16, 14, 13, 12, 11, 12, 12, 13, 15, 16, 20, 24};
     LaneI level = splat_i(-127);  // a true compare is -1: each midpoint below v adds its step
-    for (int k = 0; k < 15; ++k) level -= (v > mids[k]) * steps[k];
+    for (int k = 0; k < 15; ++k) level -= (v > splat(mids[k])) * splat_i(steps[k]);
     return __builtin_convertvector(level, LaneF);
   }
 };
@@ -324,7 +334,7 @@ HQQ_FN void fit_lanes(const LaneBlocks<T>& b, const Config& cfg, float c, LaneF 
   LaneI shrunk = splat_i(0);
   for (int e = 0; e < T::B; ++e) {
     x_hat[e] = T::AFFINE ? d * lv[e] + m : d * lv[e];
-    shrunk |= ~(abs_lanes(b.x[e] - x_hat[e]) * inv_step <= 0.999f);
+    shrunk |= ~(abs_lanes(b.x[e] - x_hat[e]) * inv_step <= splat(0.999f));
     t[e] = b.x[e];
   }
   if (cfg.shrink && any(shrunk))

@@ -111,9 +111,6 @@ struct IntGrid {
   HQQ_FN static float level(int q) { return (float)q; }
   // v.round_().clamp_(qmin, qmax)
   HQQ_FN static int nearest(float v) { return (int)clamp(rint_even(v), LO, HI); }
-  // the same, for loops the compiler vectorizes (Iq4Grid's differ)
-  HQQ_FN static float level_chain(int q) { return level(q); }
-  HQQ_FN static int nearest_chain(float v) { return nearest(v); }
 };
 
 // kvalues_iq4nl (ggml-common.h): the code is an index 0..15 into -127 -104 -83 -65 -49 -35 -22 -10 1 13 25
@@ -121,23 +118,19 @@ struct IntGrid {
 struct Iq4Grid {
   static constexpr int QMIN = 0, QMAX = 15;
   static constexpr float LO = -127.0f, HI = 113.0f;
-  // Compare chains: registers only on the GPU (a table indexed at run time would live in local memory), vector
-  // compares in the CPU's loops over several blocks (block_scale.cu's lanes).
-  HQQ_FN static float level_chain(int q) {  // -127 plus the steps between consecutive levels below q
+#if HQQ_DEVICE_BUILD  // registers only: compare chains (a table indexed at run time would live in local memory)
+  HQQ_FN static float level(int q) {  // -127 plus the steps between consecutive levels below q
     return (float)(-127 + 23 * (q > 0) + 21 * (q > 1) + 18 * (q > 2) + 16 * (q > 3) + 14 * (q > 4) + 13 * (q > 5)
                    + 12 * (q > 6) + 11 * (q > 7) + 12 * (q > 8) + 12 * (q > 9) + 13 * (q > 10) + 15 * (q > 11)
                    + 16 * (q > 12) + 20 * (q > 13) + 24 * (q > 14));
   }
   // torch.searchsorted(mids, v), side left: the number of midpoints strictly below v.
-  HQQ_FN static int nearest_chain(float v) {
+  HQQ_FN static int nearest(float v) {
     return (v > -115.5f) + (v > -93.5f) + (v > -74.0f) + (v > -57.0f) + (v > -42.0f) + (v > -28.5f) + (v > -16.0f)
            + (v > -4.5f) + (v > 7.0f) + (v > 19.0f) + (v > 31.5f) + (v > 45.5f) + (v > 61.0f) + (v > 79.0f)
            + (v > 101.0f);
   }
-#if HQQ_DEVICE_BUILD
-  HQQ_FN static float level(int q) { return level_chain(q); }
-  HQQ_FN static int nearest(float v) { return nearest_chain(v); }
-#else  // one block at a time on the CPU: the same answers from tables, four compares instead of fifteen
+#else  // the CPU: the same answers from tables, four compares instead of fifteen
   HQQ_FN static float level(int q) {
     static constexpr float kLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
     return kLevels[q];
