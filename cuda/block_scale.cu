@@ -24,6 +24,7 @@
 //   c++ -std=c++17 -O2 -ffp-contract=off -shared -fPIC -x c++ cuda/block_scale.cu -o block_scale.so
 #include "common.cuh"
 #include "ggml_blocks.cuh"
+#include "lanes.cuh"
 
 namespace hqq {
 
@@ -211,63 +212,6 @@ HQQ_FN void solve_block(const Inputs& in, const Config& cfg, long long i) {
 // flow through masks (a start skipped as a repeat, a patience stop). The same operations on the same numbers give
 // each block exactly solve_block's bytes; the tests hold both to the torch solver's.
 
-#if defined(__AVX__)  // one vector register of floats
-constexpr int LANES = 8;
-#else
-constexpr int LANES = 4;
-#endif
-typedef float LaneF __attribute__((vector_size(4 * LANES)));
-typedef int LaneI __attribute__((vector_size(4 * LANES)));
-
-// Every operand a vector (GCC and Clang differ on mixing in scalars).
-HQQ_FN LaneF splat(float v) {
-  LaneF r;
-  for (int l = 0; l < LANES; ++l) r[l] = v;
-  return r;
-}
-HQQ_FN LaneI splat_i(int v) {
-  LaneI r;
-  for (int l = 0; l < LANES; ++l) r[l] = v;
-  return r;
-}
-HQQ_FN LaneF select(LaneI mask, LaneF a, LaneF b) { return (LaneF)((mask & (LaneI)a) | (~mask & (LaneI)b)); }
-HQQ_FN LaneF abs_lanes(LaneF v) { return (LaneF)((LaneI)v & splat_i(0x7fffffff)); }  // fabs: the sign bit cleared
-HQQ_FN LaneF clamp_lanes(LaneF v, float lo, float hi) {  // clamp(): NaN stays NaN
-  v = select(v < splat(lo), splat(lo), v);
-  return select(v > splat(hi), splat(hi), v);
-}
-// Round half to even for |v| <= 2^22 (the default rounding mode does it on the add): rint_even of the code
-// grids' clamped values. rint_even(clamp(v)) == clamp(rint_even(v)) for integer bounds, NaN included.
-HQQ_FN LaneF rint_small(LaneF v) { return (v + splat(12582912.0f)) - splat(12582912.0f); }
-HQQ_FN bool any(LaneI mask) {
-  int a = 0;
-  for (int l = 0; l < LANES; ++l) a |= mask[l];
-  return a != 0;
-}
-
-// Grid::level(Grid::nearest(v)) for every lane: IntGrid's clamped rounding, Iq4Grid's compare chains. The int
-// conversion stays, for NaN's sake ((float)(int)NaN as the scalar code has it).
-template <class G>
-struct LaneGrid;
-template <int QMIN, int QMAX>
-struct LaneGrid<IntGrid<QMIN, QMAX>> {
-  HQQ_FN static LaneF level_of_nearest(LaneF v) {
-    return __builtin_convertvector(__builtin_convertvector(rint_small(clamp_lanes(v, QMIN, QMAX)), LaneI), LaneF);
-  }
-};
-template <>
-struct LaneGrid<Iq4Grid> {
-  HQQ_FN static LaneF level_of_nearest(LaneF v) {
-    // Iq4Grid's device build: the midpoints of nearest's chain and the steps of level's
-    constexpr float mids[15] = {-115.5f, -93.5f, -74.0f, -57.0f, -42.0f, -28.5f, -16.0f, -4.5f,
-                                7.0f,    19.0f,  31.5f,  45.5f,  61.0f,  79.0f,  101.0f};
-    constexpr int steps[15] = {23, 21, 18, 16, 14, 13, 12, 11, 12, 12, 13, 15, 16, 20, 24};
-    LaneI level = splat_i(-127);  // a true compare is -1: each midpoint below v adds its step
-    for (int k = 0; k < 15; ++k) level -= (v > splat(mids[k])) * splat_i(steps[k]);
-    return __builtin_convertvector(level, LaneF);
-  }
-};
-
 template <class T>
 struct LaneBlocks {
   LaneF x[T::B], w[T::B], wf[T::B];
@@ -283,32 +227,6 @@ struct LaneBest {
     base[l] = base_;
   }
 };
-
-// torch_sum<N, float> of t[e] in every lane: the same additions in the same order.
-template <int N>
-HQQ_FN LaneF torch_sum_lanes(const LaneF* t) {
-  constexpr int V = HQQ_SUM_LANES;
-  LaneF total = splat(0.0f);
-  auto partials = [&](int base, int stride, int n) {  // four partials over base + stride * (4i + k), the rest in p0
-    LaneF p0 = splat(0.0f), p1 = p0, p2 = p0, p3 = p0;
-    for (int i = 0; i < n / 4; ++i) {
-      p0 += t[base + (4 * i + 0) * stride];
-      p1 += t[base + (4 * i + 1) * stride];
-      p2 += t[base + (4 * i + 2) * stride];
-      p3 += t[base + (4 * i + 3) * stride];
-    }
-    for (int m = 4 * (n / 4); m < n; ++m) p0 += t[base + m * stride];
-    total += ((p0 + p1) + p2) + p3;
-  };
-  if constexpr (N >= V) {
-    constexpr int nvec = N / V;
-    for (int e = nvec * V; e < N; ++e) total += t[e];
-    for (int k = 0; k < V; ++k) partials(k, V, nvec);
-  } else {
-    partials(0, 1, N);
-  }
-  return total;
-}
 
 // score for every lane: weighted_sse under (d, m) with the nearest codes, whose levels go to lv.
 template <class T>
@@ -473,11 +391,6 @@ HQQ_FN void solve_blocks(const Inputs& in, const Config& cfg, long long n_blocks
 
 }  // namespace hqq
 
-#if HQQ_DEVICE_BUILD
-#define HQQ_BLOCK_ENTRY(NAME, T) HQQ_DEFINE_ENTRY(NAME, hqq::solve_block<T>)
-#else
-#define HQQ_BLOCK_ENTRY(NAME, T) HQQ_DEFINE_ENTRY_ALL(NAME, hqq::solve_blocks<T>)
-#endif
 HQQ_BLOCK_ENTRY(hqq_q4_0, hqq::Q4_0)
 HQQ_BLOCK_ENTRY(hqq_q5_0, hqq::Q5_0)
 HQQ_BLOCK_ENTRY(hqq_q8_0, hqq::Q8_0)

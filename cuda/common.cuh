@@ -434,6 +434,13 @@ struct FtzScope {
 #define HQQ_DEFINE_ENTRY(NAME, SOLVE) HQQ_DEFINE_ENTRY_BODY(NAME, HQQ_FOR_EACH_BLOCK(i, n_blocks) SOLVE(in, cfg, i))
 // extern "C" entry NAME running SOLVE_ALL(inputs, config, n_blocks) once (the CPU build's multi-block solvers).
 #define HQQ_DEFINE_ENTRY_ALL(NAME, SOLVE_ALL) HQQ_DEFINE_ENTRY_BODY(NAME, SOLVE_ALL(in, cfg, n_blocks))
+// extern "C" entry NAME for block type T: hqq::solve_block<T> per block (one per thread) on the GPU; on the CPU
+// hqq::solve_blocks<T> over all of them (several blocks per step in vector lanes, cuda/lanes.cuh).
+#if HQQ_DEVICE_BUILD
+#define HQQ_BLOCK_ENTRY(NAME, T) HQQ_DEFINE_ENTRY(NAME, hqq::solve_block<T>)
+#else
+#define HQQ_BLOCK_ENTRY(NAME, T) HQQ_DEFINE_ENTRY_ALL(NAME, hqq::solve_blocks<T>)
+#endif
 #define HQQ_DEFINE_ENTRY_BODY(NAME, RUN)                                                                     \
   HQQ_ENTRY NAME(HQQ_KERNEL_PARAMS) {                                                                        \
     const hqq::Inputs in{x, w, wf, base_q, elem_stride, block_stride, base_d, base_m, base_sc, base_mn, out, \

@@ -10,6 +10,9 @@
 // finished ggml block bytes and its float32 objective. Sub-block state lives in registers/local memory;
 // the 256 values are re-read from global memory (element-major, so a warp's loads are coalesced).
 //
+// The CPU build (no GPU: the default solver, hqq2gguf/cuda/solve_cpu.py) solves LANES super-blocks side by side in
+// vector lanes (solve_lanes, below; cuda/lanes.cuh), the same steps per super-block, and a part's last few one by one.
+//
 // Entry points (extern "C", found by name): hqq_q4_k hqq_q5_k hqq_q6_k hqq_q3_k hqq_q2_k hqq_iq4_xs,
 // parameters HQQ_KERNEL_PARAMS (common.cuh).
 //
@@ -21,6 +24,7 @@
 //   c++ -std=c++17 -O2 -ffp-contract=off -shared -fPIC -x c++ cuda/kquant.cu -o kquant.so
 #include "common.cuh"
 #include "ggml_blocks.cuh"
+#include "lanes.cuh"
 
 namespace hqq {
 
@@ -328,6 +332,24 @@ HQQ_FN void run_extra_starts(const View& v, const Config& cfg, const Fields<T>& 
   }
 }
 
+// The chosen fields' block: llama.cpp's codes where it is llama.cpp's block, else the nearest codes.
+template <class T>
+HQQ_FN void write_block(const Inputs& in, const View& v, long long i, const Best<T>& best) {
+  signed char q[256];
+  int sc[T::G], mn[T::G];
+  for (int g = 0; g < T::G; ++g) {
+    const float D = sub_scale(best.f, g), B = sub_offset(best.f, g), inv = inv_of(D);
+    for (int j = 0; j < T::S; ++j) {
+      const int e = g * T::S + j;
+      q[e] = (signed char)(best.base ? v.Q0(e) : nearest_code<typename T::Grid, T::AFFINE>(v.X(e), inv, B));
+    }
+    sc[g] = (int)best.f.sc[g];
+    mn[g] = (int)best.f.mn[g];
+  }
+  T::write(in.out + i * T::TYPE_SIZE, best.f.d, best.f.dmin, sc, mn, q);
+  in.out_obj[i] = best.obj;
+}
+
 template <class T>
 HQQ_FN void solve_block(const Inputs& in, const Config& cfg, long long i) {
   const View v(in, i);
@@ -353,26 +375,349 @@ HQQ_FN void solve_block(const Inputs& in, const Config& cfg, long long i) {
   run_start<T>(v, cfg, base, best);
   run_extra_starts<T>(v, cfg, base, base_obj, best);
 
-  signed char q[256];
-  int sc[T::G], mn[T::G];
+  write_block<T>(in, v, i, best);
+}
+
+
+#if !HQQ_DEVICE_BUILD
+// ---------------------------------------------------------------- the CPU build: LANES super-blocks side by side
+//
+// solve_block's steps for LANES super-blocks at once (cuda/lanes.cuh), element-major (x[e] holds element e of every
+// lane's super-block), every sum in torch's order per lane, each lane with its own patience stop and its own
+// candidate sub-scales: the same float32 operations per super-block as solve_block, so the same bytes.
+
+template <class T>
+struct LaneSupers {
+  LaneF x[256], w[256], wf[256];
+};
+
+template <class T>
+struct LaneFields {
+  LaneF d, dmin, sc[T::G], mn[T::G];
+  HQQ_FN Fields<T> lane(int l) const {
+    Fields<T> f;
+    f.d = d[l];
+    f.dmin = dmin[l];
+    for (int g = 0; g < T::G; ++g) {
+      f.sc[g] = sc[g][l];
+      f.mn[g] = mn[g][l];
+    }
+    return f;
+  }
+  HQQ_FN void set(int l, const Fields<T>& f) {
+    d[l] = f.d;
+    dmin[l] = f.dmin;
+    for (int g = 0; g < T::G; ++g) {
+      sc[g][l] = f.sc[g];
+      mn[g][l] = f.mn[g];
+    }
+  }
+  HQQ_FN LaneF scale(int g) const { return d * sc[g]; }  // sub_scale, sub_offset in every lane
+  HQQ_FN LaneF offset(int g) const { return T::AFFINE ? -(dmin * mn[g]) : splat(0.0f); }
+};
+
+template <class T>
+struct LaneBestK {
+  LaneFields<T> f;
+  float obj[LANES];
+  bool base[LANES];
+  HQQ_FN void take(int l, const Fields<T>& f_, float obj_, bool base_) {
+    f.set(l, f_);
+    obj[l] = obj_;
+    base[l] = base_;
+  }
+};
+
+HQQ_FN LaneF inv_lanes(LaneF d) { return select(d != splat(0.0f), splat(1.0f) / d, splat(0.0f)); }  // inv_of
+
+// sub_sse of sub-block g under (D, B) in every lane.
+template <class T>
+HQQ_FN LaneF sub_sse_lanes(const LaneSupers<T>& b, int g, LaneF D, LaneF B) {
+  const LaneF inv = inv_lanes(D);
+  LaneF t[T::S];
+  for (int j = 0; j < T::S; ++j) {
+    const LaneF x = b.x[g * T::S + j];
+    const LaneF lv = LaneGrid<typename T::Grid>::level_of_nearest(T::AFFINE ? (x - B) * inv : x * inv);
+    const LaneF r = x - (T::AFFINE ? D * lv + B : D * lv);
+    t[j] = r * r * b.w[g * T::S + j];
+  }
+  return torch_sum_lanes<T::S>(t);
+}
+
+template <class T>
+HQQ_FN LaneF score_lanes(const LaneSupers<T>& b, const LaneFields<T>& f, LaneF* err) {
+  for (int g = 0; g < T::G; ++g) err[g] = sub_sse_lanes<T>(b, g, f.scale(g), f.offset(g));
+  return torch_sum_lanes<T::G>(err);
+}
+
+// sub_targets in every lane: levels and HQ targets of sub-block g (pow only where the shrinkage is active).
+template <class T>
+HQQ_FN void sub_targets_lanes(const LaneSupers<T>& b, const Config& cfg, int g, LaneF D, LaneF B, LaneF inv,
+                              LaneF inv_step, LaneF* lv, LaneF* t) {
+  LaneI shrunk = splat_i(0);
+  for (int j = 0; j < T::S; ++j) {
+    const LaneF x = b.x[g * T::S + j];
+    lv[j] = LaneGrid<typename T::Grid>::level_of_nearest(T::AFFINE ? (x - B) * inv : x * inv);
+    shrunk |= ~(abs_lanes(x - (T::AFFINE ? D * lv[j] + B : D * lv[j])) * inv_step <= splat(0.999f));
+    t[j] = x;
+  }
+  if (cfg.shrink && any(shrunk))
+    for (int j = 0; j < T::S; ++j)
+      for (int l = 0; l < LANES; ++l) {
+        const float x = b.x[g * T::S + j][l], x_hat = T::AFFINE ? D[l] * lv[j][l] + B[l] : D[l] * lv[j][l];
+        if (!(abs_f(x - x_hat) * inv_step[l] <= 0.999f)) t[j][l] = hq_target(x, x_hat, inv_step[l], cfg.p_exp, true);
+      }
+}
+
+HQQ_FN LaneF inv_step_lanes(LaneF D, float c) {  // hq_inv_step in every lane
+  const LaneF a = abs_lanes(D);
+  return (splat(1.0f) / select(a < splat(TINY), splat(TINY), a)) * splat(c);
+}
+
+// fit_sub in every lane.
+template <class T>
+HQQ_FN void fit_sub_lanes(const LaneSupers<T>& b, const Config& cfg, const LaneFields<T>& f, float c, LaneF* s,
+                          LaneF* bo) {
   for (int g = 0; g < T::G; ++g) {
-    const float D = sub_scale(best.f, g), B = sub_offset(best.f, g), inv = inv_of(D);
+    const LaneF D = f.scale(g), B = f.offset(g);
+    LaneF lv[T::S], t[T::S];
+    sub_targets_lanes<T>(b, cfg, g, D, B, inv_lanes(D), inv_step_lanes(D, c), lv, t);
+    const LaneF* wf = b.wf + g * T::S;
+    if constexpr (T::AFFINE) {  // AffineSums::of
+      LaneF wl[T::S], wt[T::S], wll[T::S], wlt[T::S];
+      for (int j = 0; j < T::S; ++j) {
+        wl[j] = wf[j] * lv[j];
+        wt[j] = wf[j] * t[j];
+        wll[j] = wl[j] * lv[j];
+        wlt[j] = wl[j] * t[j];
+      }
+      const LaneF sw = torch_sum_lanes<T::S>(wf), sl = torch_sum_lanes<T::S>(wl), st = torch_sum_lanes<T::S>(wt),
+                  sll = torch_sum_lanes<T::S>(wll), slt = torch_sum_lanes<T::S>(wlt);
+      for (int l = 0; l < LANES; ++l)
+        AffineSums{sw[l], sl[l], st[l], sll[l], slt[l]}.solve(D[l], B[l], true, true, s[g][l], bo[g][l]);
+    } else {  // ScaleSums::of
+      LaneF den[T::S], num[T::S];
+      for (int j = 0; j < T::S; ++j) {
+        const LaneF wl = wf[j] * lv[j];
+        den[j] = wl * lv[j];
+        num[j] = wl * t[j];
+      }
+      const LaneF sd = torch_sum_lanes<T::S>(den), sn = torch_sum_lanes<T::S>(num);
+      for (int l = 0; l < LANES; ++l) s[g][l] = ScaleSums{sd[l], sn[l]}.solve(D[l]);
+      bo[g] = splat(0.0f);
+    }
+  }
+}
+
+// pick_sub in every lane: each lane's own candidates, the current pair skipped per lane.
+template <class T>
+HQQ_FN void pick_sub_lanes(const LaneSupers<T>& b, int radius, LaneFields<T>& f, const LaneF* s, const LaneF* bo,
+                           const LaneF* err) {
+  const int n = 2 * radius + 1;
+  for (int g = 0; g < T::G; ++g) {
+    LaneF sc0, mn0, best_err = err[g], best_sc = f.sc[g], best_mn = f.mn[g];
+    for (int l = 0; l < LANES; ++l) {
+      sc0[l] = rint_even(ratio(s[g][l], f.d[l]));
+      mn0[l] = T::AFFINE ? rint_even(ratio(-bo[g][l], f.dmin[l])) : 0.0f;
+    }
+    for (int ki = 0; ki < n; ++ki) {
+      LaneF sc;
+      for (int l = 0; l < LANES; ++l) sc[l] = clamp(sc0[l] + (float)nth_offset(ki), (float)T::SC_LO, (float)T::SC_HI);
+      for (int kj = 0; kj < (T::AFFINE ? n : 1); ++kj) {
+        LaneF mn;
+        for (int l = 0; l < LANES; ++l) mn[l] = T::AFFINE ? clamp(mn0[l] + (float)nth_offset(kj), 0.0f, (float)T::MN_HI) : 0.0f;
+        const LaneI current = (sc == f.sc[g]) & (mn == f.mn[g]);  // its error is err[g]: it cannot win
+        bool all_current = true;
+        for (int l = 0; l < LANES; ++l) all_current = all_current && current[l];
+        if (all_current) continue;
+        const LaneF e = sub_sse_lanes<T>(b, g, f.d * sc, T::AFFINE ? -(f.dmin * mn) : splat(0.0f));
+        for (int l = 0; l < LANES; ++l)
+          if (!current[l] && e[l] < best_err[l]) {
+            best_err[l] = e[l];
+            best_sc[l] = sc[l];
+            best_mn[l] = mn[l];
+          }
+      }
+    }
+    f.sc[g] = best_sc;
+    f.mn[g] = best_mn;
+  }
+}
+
+// refit_super in every lane.
+template <class T>
+HQQ_FN void refit_super_lanes(const LaneSupers<T>& b, const Config& cfg, LaneFields<T>& f, float c) {
+  LaneF a[256], t[256], lv[T::S];
+  for (int g = 0; g < T::G; ++g) {
+    const LaneF D = f.scale(g);
+    sub_targets_lanes<T>(b, cfg, g, D, f.offset(g), inv_lanes(D), inv_step_lanes(D, c), lv, t + g * T::S);
+    for (int j = 0; j < T::S; ++j) a[g * T::S + j] = f.sc[g] * lv[j];
+  }
+  if constexpr (T::AFFINE) {  // PairSums::of, c = -mn of the element's sub-block
+    LaneF aa[256], cc[256], ac[256], at[256], ct[256];
+    for (int e = 0; e < 256; ++e) {
+      const LaneF ce = -f.mn[e / T::S], wa = b.wf[e] * a[e], wc = b.wf[e] * ce;
+      aa[e] = wa * a[e];
+      cc[e] = wc * ce;
+      ac[e] = wa * ce;
+      at[e] = wa * t[e];
+      ct[e] = wc * t[e];
+    }
+    const LaneF saa = torch_sum_lanes<256>(aa), scc = torch_sum_lanes<256>(cc), sac = torch_sum_lanes<256>(ac),
+                sat = torch_sum_lanes<256>(at), sct = torch_sum_lanes<256>(ct);
+    for (int l = 0; l < LANES; ++l) {
+      float d, dmin;
+      PairSums{saa[l], scc[l], sac[l], sat[l], sct[l]}.solve(f.d[l], f.dmin[l], d, dmin);
+      f.d[l] = snap_fp16(d);
+      f.dmin[l] = snap_fp16(dmin);
+    }
+  } else {  // ScaleSums::of
+    LaneF den[256], num[256];
+    for (int e = 0; e < 256; ++e) {
+      const LaneF wa = b.wf[e] * a[e];
+      den[e] = wa * a[e];
+      num[e] = wa * t[e];
+    }
+    const LaneF sd = torch_sum_lanes<256>(den), sn = torch_sum_lanes<256>(num);
+    for (int l = 0; l < LANES; ++l) f.d[l] = snap_fp16(ScaleSums{sd[l], sn[l]}.solve(f.d[l]));
+  }
+}
+
+// run_start in every lane where active[] (a lane stopped by patience is left alone).
+template <class T>
+HQQ_FN void run_start_lanes(const LaneSupers<T>& b, const Config& cfg, LaneFields<T> f, bool* active,
+                            LaneBestK<T>& best) {
+  LaneF err[T::G], s[T::G], bo[T::G];
+  int stall[LANES] = {};
+  for (int it = 0;; ++it) {
+    const LaneF obj = score_lanes<T>(b, f, err);
+    bool better[LANES];
+    for (int l = 0; l < LANES; ++l) {
+      better[l] = obj[l] < best.obj[l];
+      if (active[l] && better[l]) best.take(l, f.lane(l), obj[l], false);
+    }
+    if (it == cfg.iterations) break;
+    const float c = cfg.hq_c[it];
+    fit_sub_lanes<T>(b, cfg, f, c, s, bo);
+    pick_sub_lanes<T>(b, cfg.radius, f, s, bo, err);
+    refit_super_lanes<T>(b, cfg, f, c);
+    if (cfg.patience && it > 0) {
+      bool still = false;
+      for (int l = 0; l < LANES; ++l) {
+        stall[l] = better[l] ? 0 : stall[l] + 1;
+        active[l] = active[l] && stall[l] < cfg.patience;
+        still = still || active[l];
+      }
+      if (!still) break;
+    }
+  }
+}
+
+// solve_block for super-blocks i0 .. i0 + LANES - 1 of block-major rows (elem_stride 1).
+template <class T>
+HQQ_FN void solve_lanes(const Inputs& in, const Config& cfg, long long i0) {
+  LaneSupers<T> b;
+  LaneF level0[256];  // llama.cpp's codes as levels
+  LaneFields<T> base;
+  for (int l = 0; l < LANES; ++l) {
+    const View v(in, i0 + l);
+    for (int e = 0; e < 256; ++e) {
+      b.x[e][l] = v.x[e];
+      b.w[e][l] = v.w[e];
+      b.wf[e][l] = v.wf[e];
+      level0[e][l] = T::Grid::level(v.q0[e]);
+    }
+    const long long i = i0 + l;
+    base.d[l] = in.base_d[i];
+    base.dmin[l] = T::AFFINE ? in.base_m[i] : 0.0f;
+    for (int g = 0; g < T::G; ++g) {
+      base.sc[g][l] = (float)in.base_sc[i * T::G + g];
+      base.mn[g][l] = T::AFFINE ? (float)in.base_mn[i * T::G + g] : 0.0f;
+    }
+  }
+  LaneF base_err[T::G];
+  for (int g = 0; g < T::G; ++g) {  // llama.cpp's answer, scored
+    const LaneF D = base.scale(g), B = base.offset(g);
+    LaneF t[T::S];
     for (int j = 0; j < T::S; ++j) {
       const int e = g * T::S + j;
-      q[e] = (signed char)(best.base ? v.Q0(e) : nearest_code<typename T::Grid, T::AFFINE>(v.X(e), inv, B));
+      const LaneF y = D * level0[e];
+      const LaneF r = b.x[e] - (T::AFFINE ? y + B : y);
+      t[j] = r * r * b.w[e];
     }
-    sc[g] = (int)best.f.sc[g];
-    mn[g] = (int)best.f.mn[g];
+    base_err[g] = torch_sum_lanes<T::S>(t);
   }
-  T::write(in.out + i * T::TYPE_SIZE, best.f.d, best.f.dmin, sc, mn, q);
-  in.out_obj[i] = best.obj;
+  const LaneF base_obj = torch_sum_lanes<T::G>(base_err);
+  LaneBestK<T> best{base, {}, {}};
+  for (int l = 0; l < LANES; ++l) {
+    best.obj[l] = base_obj[l];
+    best.base[l] = true;
+  }
+  bool active[LANES];
+  for (int l = 0; l < LANES; ++l) active[l] = true;
+  run_start_lanes<T>(b, cfg, base, active, best);  // start 0: llama.cpp's own fields
+
+  // the extra starts (run_extra_starts): per sub-block min, range and first largest |x| in every lane
+  LaneF lo[T::G], r[T::G], xm[T::G];
+  for (int g = 0; g < T::G; ++g) {
+    LaneF mn = b.x[g * T::S], mx = mn, am = mn;
+    for (int j = 1; j < T::S; ++j) {
+      const LaneF x = b.x[g * T::S + j];
+      mn = select(x < mn, x, mn);
+      mx = select(x > mx, x, mx);
+      am = select(abs_lanes(x) > abs_lanes(am), x, am);
+    }
+    lo[g] = select(mn > splat(0.0f), splat(0.0f), mn);  // clamp_max(mn, 0)
+    r[g] = mx - lo[g];
+    xm[g] = am;
+  }
+  for (int k = 0; k < cfg.n_factors; ++k) {
+    const float fk = cfg.factors[k];
+    const int n_sides = T::AFFINE ? 1 : (T::SC_LO < 0 ? 2 : 1);
+    for (int side = 0; side < n_sides; ++side) {
+      LaneFields<T> start;
+      for (int l = 0; l < LANES; ++l) {
+        float s[T::G], bo[T::G];
+        for (int g = 0; g < T::G; ++g) {
+          if constexpr (T::AFFINE) {
+            s[g] = fk * r[g][l] / (T::Grid::HI - T::Grid::LO);
+            bo[g] = clamp_max(lo[g][l] + cfg.one_minus[k] * r[g][l] / 2.0f - s[g] * T::Grid::LO, 0.0f);
+          } else {
+            s[g] = fk * xm[g][l] / (n_sides == 2 && side == 0 ? T::Grid::LO : T::Grid::HI);
+            bo[g] = 0.0f;
+          }
+        }
+        start.set(l, snap_fields<T>(s, bo));
+        active[l] = true;
+      }
+      LaneBestK<T> start_best{base, {}, {}};  // every start's initial best: llama.cpp's block
+      for (int l = 0; l < LANES; ++l) {
+        start_best.obj[l] = base_obj[l];
+        start_best.base[l] = true;
+      }
+      run_start_lanes<T>(b, cfg, start, active, start_best);
+      for (int l = 0; l < LANES; ++l)  // argmin over starts: the first on ties
+        if (start_best.obj[l] < best.obj[l]) best.take(l, start_best.f.lane(l), start_best.obj[l], start_best.base[l]);
+    }
+  }
+  for (int l = 0; l < LANES; ++l) write_block<T>(in, View(in, i0 + l), i0 + l, Best<T>{best.f.lane(l), best.obj[l], best.base[l]});
 }
+
+// Every super-block: LANES at a time where the rows are block-major, the rest one by one.
+template <class T>
+HQQ_FN void solve_blocks(const Inputs& in, const Config& cfg, long long n_blocks) {
+  long long i = 0;
+  if (in.elem_stride == 1)
+    for (; i + LANES <= n_blocks; i += LANES) solve_lanes<T>(in, cfg, i);
+  for (; i < n_blocks; ++i) solve_block<T>(in, cfg, i);
+}
+#endif
 
 }  // namespace hqq
 
-HQQ_DEFINE_ENTRY(hqq_q4_k, hqq::solve_block<hqq::Q4_K>)
-HQQ_DEFINE_ENTRY(hqq_q5_k, hqq::solve_block<hqq::Q5_K>)
-HQQ_DEFINE_ENTRY(hqq_q6_k, hqq::solve_block<hqq::Q6_K>)
-HQQ_DEFINE_ENTRY(hqq_q3_k, hqq::solve_block<hqq::Q3_K>)
-HQQ_DEFINE_ENTRY(hqq_q2_k, hqq::solve_block<hqq::Q2_K>)
-HQQ_DEFINE_ENTRY(hqq_iq4_xs, hqq::solve_block<hqq::IQ4_XS>)
+HQQ_BLOCK_ENTRY(hqq_q4_k, hqq::Q4_K)
+HQQ_BLOCK_ENTRY(hqq_q5_k, hqq::Q5_K)
+HQQ_BLOCK_ENTRY(hqq_q6_k, hqq::Q6_K)
+HQQ_BLOCK_ENTRY(hqq_q3_k, hqq::Q3_K)
+HQQ_BLOCK_ENTRY(hqq_q2_k, hqq::Q2_K)
+HQQ_BLOCK_ENTRY(hqq_iq4_xs, hqq::IQ4_XS)

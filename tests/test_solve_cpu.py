@@ -22,7 +22,7 @@ from hqq2gguf.optimize.config import WeightMode
 from hqq2gguf.optimize.solver import block_objective
 from hqq2gguf.optimize.weights import uniform_weights
 from hqq2gguf.options import Device
-from hqq2gguf.qtypes import QUANT_TYPES, Kind, spec
+from hqq2gguf.qtypes import QUANT_TYPES, spec
 
 Q = gguf.GGMLQuantizationType
 
@@ -60,14 +60,16 @@ def test_encode_cpu_writes_the_torch_bytes_and_sums(qtype: Q, kernels: None) -> 
         assert getattr(ours, name) == pytest.approx(getattr(ref, name), rel=1e-12), name
 
 
-@pytest.mark.parametrize("qtype", [t for t in cpu_kernel_types() if spec(t).kind is Kind.BLOCK], ids=lambda t: t.name)
-def test_block_types_solve_several_blocks_at_once_and_the_rest_one_by_one(qtype: Q, kernels: None) -> None:
-    """block_scale.cu's CPU build solves blocks in vector lanes and the part's last few (fewer than a vector) one
-    by one: a part of 35 (or 9) blocks takes both paths, with and without early stops and extra starts."""
-    ne0 = 7 * spec(qtype).block_size if spec(qtype).block_size == 32 else spec(qtype).block_size
-    x = torch.from_numpy(_rows(5 if ne0 < 256 else 9, ne0, seed=11))
+@pytest.mark.parametrize("qtype", cpu_kernel_types(), ids=lambda t: t.name)
+def test_kernels_solve_several_blocks_at_once_and_the_rest_one_by_one(qtype: Q, kernels: None) -> None:
+    """The CPU build solves blocks in vector lanes (cuda/lanes.cuh) and a part's last few (fewer than a vector) one
+    by one: parts of 35 (32-element types) or 15 blocks take both paths, with and without early stops and extra
+    starts."""
+    block = spec(qtype).block_size
+    x = torch.from_numpy(_rows(5, 7 * block if block == 32 else 3 * block, seed=11))
     for cfg in (SolverConfig(llama_cpp_types=(), workers=1),
-                SolverConfig(llama_cpp_types=(), workers=1, range_factors=(1.0, 0.9, 0.8), patience=2)):
+                SolverConfig(llama_cpp_types=(), workers=1, range_factors=(1.0, 0.9, 0.8),
+                             super_range_factors=(1.0, 0.9), patience=2)):
         assert np.array_equal(encode_cpu(x, qtype, config=cfg).packed, encode(x, qtype, config=cfg).packed)
 
 
