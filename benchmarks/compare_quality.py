@@ -58,7 +58,7 @@ def compare(runs: tuple[str, ...], recipe: str) -> dict:
         vs_llama, vs_first = _ratio(t["ours"], llama), _ratio(t["ours"], first)
         rows.append({"label": t["label"], "file": t["file"], "code": t["ours"].get("code", ""),
                      "quant_seconds": t["ours"]["quant_seconds"], "kld_mean": t["ours"]["kld_mean"],
-                     "llama_kld_mean": llama["kld_mean"], "llama_from_first": t["llama"] is None,
+                     "llama_kld_mean": llama["kld_mean"], "llama_from_other": t["llama"] is None,
                      "vs_llama": vs_llama, "vs_first": vs_first, "same_top": t["ours"]["same_top"],
                      "ppl": t["ours"]["ppl"]})
     return {"recipe": recipe, "reference": table[0]["reference"], "n_chunks": table[0]["n_chunks"], "rows": rows}
@@ -72,7 +72,7 @@ def _section(doc: dict) -> list[str]:
              "| top-1 | PPL |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         (a, sa), (b, sb) = r["vs_llama"], r["vs_first"]
-        llama = f"{r['llama_kld_mean']:.5f}" + (" (an earlier run's)" if r.get("llama_from_first") else "")
+        llama = f"{r['llama_kld_mean']:.5f}" + (" (another run's)" if r.get("llama_from_other") else "")
         lines.append(f"| {r['label']} | {r['code']} | {r['quant_seconds']:.0f} | {r['kld_mean']:.5f} | "
                      f"{llama} | {a:.3f} ± {2 * sa:.3f} | {b:.3f} ± {2 * sb:.3f} | "
                      f"{r['same_top']:.1%} | {r['ppl']:.3f} |")
