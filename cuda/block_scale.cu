@@ -289,7 +289,7 @@ template <class T>
 HQQ_FN void run_start_lanes(const LaneBlocks<T>& b, const Config& cfg, float* s, float* off, bool* active,
                             LaneBest& best) {
   LaneF lv[T::B], d, m;
-  int stall[LANES] = {};
+  LanePatience patience;
   for (int it = 0;; ++it) {
     for (int l = 0; l < LANES; ++l) {
       d[l] = snap_fp16(s[l]);
@@ -303,15 +303,7 @@ HQQ_FN void run_start_lanes(const LaneBlocks<T>& b, const Config& cfg, float* s,
     }
     if (it == cfg.iterations) break;
     fit_lanes<T>(b, cfg, cfg.hq_c[it], d, m, lv, s, off);
-    if (cfg.patience && it > 0) {
-      bool still = false;
-      for (int l = 0; l < LANES; ++l) {
-        stall[l] = better[l] ? 0 : stall[l] + 1;
-        active[l] = active[l] && stall[l] < cfg.patience;
-        still = still || active[l];
-      }
-      if (!still) break;
-    }
+    if (cfg.patience && it > 0 && !patience.go_on(better, active, cfg.patience)) break;
   }
 }
 
@@ -377,15 +369,6 @@ HQQ_FN void solve_lanes(const Inputs& in, const Config& cfg, long long i0) {
     T::write(in.out + (i0 + l) * T::TYPE_SIZE, best.base[l] ? d0[l] : best.d[l], best.base[l] ? m0[l] : best.m[l], q);
     in.out_obj[i0 + l] = best.obj[l];
   }
-}
-
-// Every block: LANES at a time where the rows are block-major, the rest one by one.
-template <class T>
-HQQ_FN void solve_blocks(const Inputs& in, const Config& cfg, long long n_blocks) {
-  long long i = 0;
-  if (in.elem_stride == 1)
-    for (; i + LANES <= n_blocks; i += LANES) solve_lanes<T>(in, cfg, i);
-  for (; i < n_blocks; ++i) solve_block<T>(in, cfg, i);
 }
 #endif
 

@@ -293,6 +293,22 @@ HQQ_FN Fields<T> snap_fields(const float* s, const float* b) {
   return f;
 }
 
+// Extra start (factor k, side) of one sub-block from its min lo, range r and first largest |x| xm: its float
+// (scale, offset) before snap_fields. Sides: 2 for signed sub-scales (absmax to the lowest, then the highest level).
+template <class T>
+HQQ_FN constexpr int extra_sides() { return T::AFFINE ? 1 : (T::SC_LO < 0 ? 2 : 1); }
+template <class T>
+HQQ_FN void extra_start(const Config& cfg, int k, int side, float lo, float r, float xm, float& s, float& b) {
+  const float f = cfg.factors[k];
+  if constexpr (T::AFFINE) {
+    s = f * r / (T::Grid::HI - T::Grid::LO);
+    b = clamp_max(lo + cfg.one_minus[k] * r / 2.0f - s * T::Grid::LO, 0.0f);
+  } else {
+    s = f * xm / (extra_sides<T>() == 2 && side == 0 ? T::Grid::LO : T::Grid::HI);
+    b = 0.0f;
+  }
+}
+
 // _extra_starts, in its order: per factor, affine: per-sub-block min/max fits of the range shrunk by f
 // (offsets <= 0); symmetric: f * absmax per sub-block mapped to the lowest (signed types), then highest level.
 template <class T>
@@ -312,19 +328,9 @@ HQQ_FN void run_extra_starts(const View& v, const Config& cfg, const Fields<T>& 
     xm[g] = am;
   }
   for (int k = 0; k < cfg.n_factors; ++k) {
-    const float f = cfg.factors[k];
-    const int n_sides = T::AFFINE ? 1 : (T::SC_LO < 0 ? 2 : 1);
-    for (int side = 0; side < n_sides; ++side) {
+    for (int side = 0; side < extra_sides<T>(); ++side) {
       float s[T::G], b[T::G];
-      for (int g = 0; g < T::G; ++g) {
-        if constexpr (T::AFFINE) {
-          s[g] = f * r[g] / (T::Grid::HI - T::Grid::LO);
-          b[g] = clamp_max(lo[g] + cfg.one_minus[k] * r[g] / 2.0f - s[g] * T::Grid::LO, 0.0f);
-        } else {
-          s[g] = f * xm[g] / (n_sides == 2 && side == 0 ? T::Grid::LO : T::Grid::HI);
-          b[g] = 0.0f;
-        }
-      }
+      for (int g = 0; g < T::G; ++g) extra_start<T>(cfg, k, side, lo[g], r[g], xm[g], s[g], b[g]);
       Best<T> best{base, base_obj, true};  // every start's initial best: llama.cpp's block
       run_start<T>(v, cfg, snap_fields<T>(s, b), best);
       if (best.obj < best_of_all.obj) best_of_all = best;  // argmin over starts: the first on ties
@@ -588,7 +594,7 @@ template <class T>
 HQQ_FN void run_start_lanes(const LaneSupers<T>& b, const Config& cfg, LaneFields<T> f, bool* active,
                             LaneBestK<T>& best) {
   LaneF err[T::G], s[T::G], bo[T::G];
-  int stall[LANES] = {};
+  LanePatience patience;
   for (int it = 0;; ++it) {
     const LaneF obj = score_lanes<T>(b, f, err);
     bool better[LANES];
@@ -601,15 +607,7 @@ HQQ_FN void run_start_lanes(const LaneSupers<T>& b, const Config& cfg, LaneField
     fit_sub_lanes<T>(b, cfg, f, c, s, bo);
     pick_sub_lanes<T>(b, cfg.radius, f, s, bo, err);
     refit_super_lanes<T>(b, cfg, f, c);
-    if (cfg.patience && it > 0) {
-      bool still = false;
-      for (int l = 0; l < LANES; ++l) {
-        stall[l] = better[l] ? 0 : stall[l] + 1;
-        active[l] = active[l] && stall[l] < cfg.patience;
-        still = still || active[l];
-      }
-      if (!still) break;
-    }
+    if (cfg.patience && it > 0 && !patience.go_on(better, active, cfg.patience)) break;
   }
 }
 
@@ -672,21 +670,11 @@ HQQ_FN void solve_lanes(const Inputs& in, const Config& cfg, long long i0) {
     xm[g] = am;
   }
   for (int k = 0; k < cfg.n_factors; ++k) {
-    const float fk = cfg.factors[k];
-    const int n_sides = T::AFFINE ? 1 : (T::SC_LO < 0 ? 2 : 1);
-    for (int side = 0; side < n_sides; ++side) {
+    for (int side = 0; side < extra_sides<T>(); ++side) {
       LaneFields<T> start;
       for (int l = 0; l < LANES; ++l) {
         float s[T::G], bo[T::G];
-        for (int g = 0; g < T::G; ++g) {
-          if constexpr (T::AFFINE) {
-            s[g] = fk * r[g][l] / (T::Grid::HI - T::Grid::LO);
-            bo[g] = clamp_max(lo[g][l] + cfg.one_minus[k] * r[g][l] / 2.0f - s[g] * T::Grid::LO, 0.0f);
-          } else {
-            s[g] = fk * xm[g][l] / (n_sides == 2 && side == 0 ? T::Grid::LO : T::Grid::HI);
-            bo[g] = 0.0f;
-          }
-        }
+        for (int g = 0; g < T::G; ++g) extra_start<T>(cfg, k, side, lo[g][l], r[g][l], xm[g][l], s[g], bo[g]);
         start.set(l, snap_fields<T>(s, bo));
         active[l] = true;
       }
@@ -701,15 +689,6 @@ HQQ_FN void solve_lanes(const Inputs& in, const Config& cfg, long long i0) {
     }
   }
   for (int l = 0; l < LANES; ++l) write_block<T>(in, View(in, i0 + l), i0 + l, Best<T>{best.f.lane(l), best.obj[l], best.base[l]});
-}
-
-// Every super-block: LANES at a time where the rows are block-major, the rest one by one.
-template <class T>
-HQQ_FN void solve_blocks(const Inputs& in, const Config& cfg, long long n_blocks) {
-  long long i = 0;
-  if (in.elem_stride == 1)
-    for (; i + LANES <= n_blocks; i += LANES) solve_lanes<T>(in, cfg, i);
-  for (; i < n_blocks; ++i) solve_block<T>(in, cfg, i);
 }
 #endif
 

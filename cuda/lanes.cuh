@@ -91,6 +91,36 @@ HQQ_FN LaneF torch_sum_lanes(const LaneF* t) {
   return total;
 }
 
+// run_start's patience in every lane: a lane stops after `patience` iterations in a row without improvement (its
+// `active` flag cleared); go_on is false once no lane is left.
+struct LanePatience {
+  int stall[LANES] = {};
+  HQQ_FN bool go_on(const bool* better, bool* active, int patience) {
+    bool still = false;
+    for (int l = 0; l < LANES; ++l) {
+      stall[l] = better[l] ? 0 : stall[l] + 1;
+      active[l] = active[l] && stall[l] < patience;
+      still = still || active[l];
+    }
+    return still;
+  }
+};
+
+// Each kernel file's one-block and LANES-block solvers (defined there).
+template <class T>
+HQQ_FN void solve_block(const Inputs& in, const Config& cfg, long long i);
+template <class T>
+HQQ_FN void solve_lanes(const Inputs& in, const Config& cfg, long long i0);
+
+// Every block: LANES at a time where the rows are block-major (elem_stride 1), the rest one by one.
+template <class T>
+HQQ_FN void solve_blocks(const Inputs& in, const Config& cfg, long long n_blocks) {
+  long long i = 0;
+  if (in.elem_stride == 1)
+    for (; i + LANES <= n_blocks; i += LANES) solve_lanes<T>(in, cfg, i);
+  for (; i < n_blocks; ++i) solve_block<T>(in, cfg, i);
+}
+
 }  // namespace hqq
 
 #endif
