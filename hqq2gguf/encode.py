@@ -67,7 +67,7 @@ def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType,
     start = time.perf_counter()
     n_expert = array.shape[0] if array.ndim == 3 else 1
     experts = array.reshape(n_expert, -1, array.shape[-1])
-    done = Encoded.join([_solve_rows(experts[e], qtype, config,  # to float32 per row part, on the workers
+    done = Encoded.join([solve_rows(experts[e], qtype, config,  # to float32 per row part, on the workers
                                      None if importance is None else torch.from_numpy(importance[e]), device)
                          for e in range(n_expert)])
     logger.info("%-32s %-6s rel.err %.4f  objective %.3f x llama.cpp%s  %.1f s", name, qtype.name,
@@ -77,8 +77,9 @@ def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType,
     return done.packed.reshape(*array.shape[:-1], -1)
 
 
-def _solve_rows(rows: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
-                importance: torch.Tensor | None, device: Device) -> Encoded:
+def solve_rows(rows: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
+               importance: torch.Tensor | None, device: Device) -> Encoded:
+    """The blocks of ``rows`` (rows, ne0) exactly as a file's tensor of ``qtype`` gets them on ``device``."""
     if config.leaves_to_llama_cpp(qtype.name, importance is not None):  # on every device: the same bytes
         return llama_cpp_encoded(torch.from_numpy(rows), qtype, config)
     if device is Device.CUDA:

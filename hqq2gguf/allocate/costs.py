@@ -5,9 +5,9 @@ scaled to all rows) times the tensor's measured sensitivity.
     cost(t, type) = gain[t] * n_rows / n_sampled * sum over sampled rows r, columns c of
                     activation[c] * (w[r, c] - decoded(encode(w, type))[r, c])**2
 
-``encode`` is the HQQ solver exactly as the file conversion calls it (same solver settings, same column
-importance, every block solved on its own: a sampled row gets the very blocks it gets in the file), and
-``decoded`` what ggml decodes from those blocks. ``activation`` is the mean squared input of each column
+``encode`` is the conversion's own encoding of those rows (:func:`hqq2gguf.encode.solve_rows`: the same
+dispatch, device, solver settings and column importance; every block solved on its own, so a sampled row gets
+the very blocks it gets in the file), and ``decoded`` what ggml decodes from those blocks. ``activation`` is the mean squared input of each column
 (so the sum estimates the squared error the tensor adds to its output per token) and ``gain`` the KLD per unit
 of that error (:mod:`hqq2gguf.calibrate.sensitivity`), both measured on the model's own text (the probes' 128
 tokens; the self-calibration's ~1000 tokens instead gave no gain: SmolLM2-135M at Q4_K_M's bytes, seeds 0 / 1,
@@ -27,8 +27,11 @@ import numpy as np
 import torch
 
 from hqq2gguf.allocate.choose import Option, TensorOptions
+from hqq2gguf import ggml_ref
 from hqq2gguf.calibrate import Importance, Sensitivity
-from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig, solve
+from hqq2gguf.encode import solve_rows
+from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig
+from hqq2gguf.options import Device
 from hqq2gguf.recipes import shape_fallback
 from hqq2gguf.sources import Source
 
@@ -68,10 +71,11 @@ def sampled_rows(n_rows: int, n: int | None = None) -> np.ndarray:
 
 
 def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizationType, ...]],
-                  importance: Importance, config: SolverConfig, sensitivity: Sensitivity) -> list[TensorOptions]:
+                  importance: Importance, config: SolverConfig, sensitivity: Sensitivity,
+                  device: Device = Device.TORCH) -> list[TensorOptions]:
     """Every tensor in ``wanted`` (name -> candidate types) with the cost of each candidate, in source order;
-    tensors are read one source step at a time. ``importance`` is the solver's (as the conversion encodes),
-    ``sensitivity`` what an error costs."""
+    tensors are read one source step at a time. ``importance`` is the solver's and ``device`` (resolved) where
+    it runs (as the conversion encodes), ``sensitivity`` what an error costs."""
     tables = []
     for name, data in source.tensors_named(set(wanted)):
         start = time.perf_counter()
@@ -79,7 +83,7 @@ def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizati
         imp = importance.for_tensor(name, shape)
         act = sensitivity.activations.for_tensor(name, shape)
         gain = sensitivity.gain_of(name)
-        options = tuple(Option(t, file_bytes(shape, t), gain * tensor_cost(data, t, config, imp, act))
+        options = tuple(Option(t, file_bytes(shape, t), gain * tensor_cost(data, t, config, imp, act, device))
                         for t in wanted[name])
         tables.append(TensorOptions(name, options))
         logger.debug("%-32s costs %s (%.1f s)", name,
@@ -88,7 +92,8 @@ def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizati
 
 
 def tensor_cost(data: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
-                importance: np.ndarray | None, activations: np.ndarray | None = None) -> float:
+                importance: np.ndarray | None, activations: np.ndarray | None = None,
+                device: Device = Device.TORCH) -> float:
     """The squared output error of ``data`` (numpy order; 3-D: experts first) as ``qtype``, from sampled rows:
     solved with the solver's ``importance``, weighted by the columns' mean squared ``activations`` (1 without)."""
     n_expert = data.shape[0] if data.ndim == 3 else 1
@@ -99,19 +104,20 @@ def tensor_cost(data: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: So
     for e in range(n_expert):
         rows = experts[e][torch.from_numpy(picked)].to(torch.float32)
         imp = None if importance is None else importance[e]
-        err = _squared_error(rows, qtype, config, imp)
+        err = _squared_error(rows, qtype, config, imp, device)
         weights = np.ones(rows.shape[1]) if activations is None else activations[e].astype(np.float64)
         total += float(err.sum(axis=0) @ weights)
     return total * n_rows / len(picked)
 
 
 def _squared_error(rows: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
-                   importance: np.ndarray | None) -> np.ndarray:
+                   importance: np.ndarray | None, device: Device) -> np.ndarray:
     """(rows, ne0) float64 squared error of the conversion's encoding of ``rows`` as ``qtype``."""
     x = rows.numpy().astype(np.float64)
     if qtype in SOLVER_TYPES:
-        values = solve(rows, qtype, importance=None if importance is None else torch.from_numpy(importance),
-                       config=config).values
+        packed = solve_rows(rows.numpy(), qtype, config, None if importance is None else torch.from_numpy(importance),
+                            device).packed
+        values = ggml_ref.ggml_dequantize(qtype, packed.reshape(rows.shape[0], -1))
     else:  # F16 / BF16 / F32: gguf-py's reference encoding, as encode.reference_encode writes it
         values = gguf.quants.dequantize(gguf.quants.quantize(rows.numpy(), qtype), qtype)
     return np.square(x - values.astype(np.float64))
