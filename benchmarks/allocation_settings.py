@@ -29,8 +29,6 @@ if len(sys.argv) > 9:  # a separate seed for the sensitivity probes (calibration
     A.measure_sensitivity = lambda *a, seed=0, **k: _orig(*a, seed=sens_seed, **k)
 S.PROBE_TEXT = SelfText(n_sequences=n_seq, n_tokens=n_tok, batch=n_seq)
 C.SAMPLED_ROWS = rows
-if "EXP_SHAPED" in __import__("os").environ:  # noise shaped like a block quantization error (1) or isotropic (0)
-    S.SHAPED = __import__("os").environ["EXP_SHAPED"] == "1"
 A.SAMPLED_ROWS = rows
 import os  # noqa: E402
 if os.environ.get("EXP_CAL_ACT") == "1":  # costs weighted by the calibration's activations (more tokens)
@@ -58,7 +56,7 @@ t0 = time.perf_counter()
 convert(ref, ConvertOptions.from_args(recipe=recipe, output=dst, force=True, allocate=True, seed=seed))
 qs = time.perf_counter() - t0
 r = evaluate(dst, ref, text, n_ctx=512, n_chunks=chunks, n_threads=2, ref_cache=cache)
-row = {"shaped": S.SHAPED, "cal_act": os.environ.get("EXP_CAL_ACT"), "sens_seed": sys.argv[9] if len(sys.argv) > 9 else None, "tag": tag, "recipe": recipe, "n_seq": n_seq, "n_tok": n_tok, "rows": rows, "seed": seed,
+row = {"cal_act": os.environ.get("EXP_CAL_ACT"), "sens_seed": sys.argv[9] if len(sys.argv) > 9 else None, "tag": tag, "recipe": recipe, "n_seq": n_seq, "n_tok": n_tok, "rows": rows, "seed": seed,
        "bytes": dst.stat().st_size, "quant_s": qs, **r.to_dict()}
 with open(Path(__file__).resolve().parent / "results" / f"allocation_settings_{ref.stem.split('-')[0].lower()}.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
