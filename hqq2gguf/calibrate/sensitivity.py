@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hqq2gguf.calibrate.activations import SelfText, write_sequences
 from hqq2gguf.calibrate.collect import GGML_TYPE_F32, GgmlTensor, ImatrixCollector, _ggml, weight_name
@@ -179,7 +180,7 @@ class _Probe:
             self.n_tokens = sum(map(len, self.sequences))
             self.collector = ImatrixCollector(min_rows=1)
             self.clean = self._log_probs()
-            self.clean_p = np.exp(self.clean)
+            self.clean_p = self.clean.exp()
             self.collector, self._stats = None, self.collector.stats
         except BaseException:
             self.close()
@@ -205,18 +206,17 @@ class _Probe:
             noisy = self._log_probs()
         finally:
             self.rho = {}
-        kld = float(np.mean(np.sum(self.clean_p * (self.clean - noisy), axis=1, dtype=np.float64)))
+        kld = float((self.clean_p * (self.clean - noisy)).sum(dim=1, dtype=torch.float64).mean())
         return kld, {n: self.energy[n] / self.tokens[n] for n in self.energy}
 
-    def _log_probs(self) -> np.ndarray:
+    def _log_probs(self) -> torch.Tensor:
         r = self.runner
         r._clear()
         entries = [(t, i, s, True) for s, seq in enumerate(self.sequences) for i, t in enumerate(seq)]
         r._decode(entries)
         self._check()
         z = np.ctypeslib.as_array(r._ll.llama_get_logits(r.ctx), shape=(len(entries), r.n_vocab))
-        z = z - z.max(axis=1, keepdims=True)
-        return (z - np.log(np.exp(z).sum(axis=1, keepdims=True))).astype(np.float32)
+        return torch.log_softmax(torch.from_numpy(z), dim=1)  # a new tensor: llama.cpp's buffer is reused
 
     def _check(self) -> None:
         error, self.error = self.error, None
