@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from hqq2gguf.calibrate.sensitivity import (
-    PROBE_TEXT, Sensitivity, _fit, _Probe, kind, layer, measure_sensitivity, probe_groups,
+    PROBE_TEXT, Sensitivity, _fit, _Probe, kind, layer, measure_sensitivity, probe_groups, probe_sequences,
 )
+from hqq2gguf.calibrate import column_importance
+from hqq2gguf.sources import open_source
 from hqq2gguf.convert import convert
 from hqq2gguf.options import ConvertOptions, OutType
 
@@ -97,3 +99,31 @@ def test_the_first_block_and_the_tensors_outside_the_blocks_are_probed_alone() -
     assert groups["blk.1"] == ["blk.1.attn_q.weight", "blk.1.ffn_down.weight"]
     assert groups["kind ffn_down.weight"] == ["blk.1.ffn_down.weight", "blk.2.ffn_down.weight"]
     assert len(groups) == 2 + 1 + 2 + 2
+
+
+def test_probes_read_the_calibrations_text_when_it_is_long_enough() -> None:
+    n, k = PROBE_TEXT.n_sequences, PROBE_TEXT.n_tokens
+    written = [list(range(100 * i, 100 * i + k + 20)) for i in range(n + 2)]
+    picked = probe_sequences(written, PROBE_TEXT)
+    assert picked == [w[:k + 1] for w in written[:n]]
+    assert probe_sequences(written[:n - 1], PROBE_TEXT) is None  # too few sequences
+    assert probe_sequences([w[:k] for w in written], PROBE_TEXT) is None  # one stopped early
+    assert probe_sequences([], PROBE_TEXT) is None
+
+
+@pytest.mark.default_calibration
+def test_self_calibrations_sequences_feed_the_probes(tiny_f16: Path) -> None:
+    """The default calibration keeps the sequences the model wrote; the probes read their beginnings (and say
+    so), deterministically; without them they write their own (other text: other gains)."""
+    options = ConvertOptions.from_args(recipe="Q4_K_M", allocate=True)
+    importance = column_importance(open_source(tiny_f16, options), options, tiny_f16)
+    assert len(importance.sequences) == 16 and all(len(s) > 1 for s in importance.sequences)
+    names = _matrices(tiny_f16)
+    a = measure_sensitivity(tiny_f16, names, seed=0, threads=2, written=importance.sequences)
+    b = measure_sensitivity(tiny_f16, names, seed=0, threads=2, written=importance.sequences)
+    own = measure_sensitivity(tiny_f16, names, seed=0, threads=2)
+    assert a.gain == b.gain and set(a.gain) == set(names)
+    expected = probe_sequences(importance.sequences, PROBE_TEXT)
+    assert expected is not None  # the tiny model writes whole sequences
+    assert a.record["text"] == "the calibration's" and own.record["text"] == "written"
+    assert a.record["tokens"] == sum(map(len, expected)) and a.gain != own.gain

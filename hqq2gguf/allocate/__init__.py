@@ -84,7 +84,8 @@ def allocate(source: Source, options: ConvertOptions, importance: Importance,
     logger.info("allocation (%s): measuring %d tensors x up to %d types on at most %d rows each", target,
                 len(layout.candidates), max(map(len, layout.candidates.values()), default=0), SAMPLED_ROWS)
     sensitivity = (Sensitivity() if runnable is None else
-                   measure_sensitivity(runnable, list(layout.candidates), seed=options.seed or 0))
+                   measure_sensitivity(runnable, list(layout.candidates), seed=options.seed or 0,
+                                       written=importance.sequences))
     tables = measure_costs(source, layout.candidates, importance, options.solver, sensitivity, options.device)
     measured = _Measured(tables, sensitivity.record, start)
     if options.allocate:  # the file must stay within the recipe's: its own metadata comes out of the budget

@@ -87,4 +87,4 @@ def _from_text(runnable: Path, options: ConvertOptions) -> Importance:
                                  "tokens": text.tokens, "text_sha256": text.sha256}
     if isinstance(source, SelfText):
         record |= source.provenance()
-    return Importance(stats.means(), f"{kind} calibration", record)
+    return Importance(stats.means(), f"{kind} calibration", record, text.sequences)

@@ -67,6 +67,8 @@ class CalibrationText:
     n_chunks: int
     chunk: int
     tokens: int
+    sequences: tuple[tuple[int, ...], ...] = ()
+    """The token sequences the model wrote (self-calibration; each its start token, then what followed)."""
 
     @property
     def sha256(self) -> str:
@@ -105,12 +107,14 @@ def _while_writing(model: Path, cfg: SelfText, threads: int | None,
     with LlamaRunner(model, n_ctx=cfg.n_tokens + 8, n_seq=cfg.batch, threads=threads,
                      eval_callback=collector.callback) as llm:
         t0 = time.perf_counter()
-        text, n_tokens = generate_text(llm, cfg, check=lambda: _check(collector, model))
+        n_before = llm.n_decoded
+        bodies = write_sequences(llm, cfg, check=lambda: _check(collector, model))
+        text, n_tokens = joined_text(llm, bodies), llm.n_decoded - n_before
     stats = collector.stats
     stats.chunks, stats.chunk_size = cfg.n_sequences, cfg.n_tokens
     logger.info("calibration: %d sequences, %d tokens read while written, %d matrices (%.1f s)", cfg.n_sequences,
                 n_tokens, len(stats.sums), time.perf_counter() - t0)
-    return stats, CalibrationText(text, cfg.n_sequences, cfg.n_tokens, n_tokens)
+    return stats, CalibrationText(text, cfg.n_sequences, cfg.n_tokens, n_tokens, tuple(map(tuple, bodies)))
 
 
 def _check(collector: ImatrixCollector, model: Path) -> None:
@@ -121,13 +125,10 @@ def _check(collector: ImatrixCollector, model: Path) -> None:
         raise InputError(f"cannot collect activations: {collector.error}", file=model)
 
 
-def generate_text(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] = lambda: None) -> tuple[str, int]:
-    """The model's own text: ``cfg.n_sequences`` sequences, separated by blank lines, and the number of tokens
-    the model read while writing them (``check`` runs after every decoding step)."""
-    n_before = llm.n_decoded
-    texts = [b"".join(llm.piece(t) for t in body).decode("utf-8", errors="replace")
-             for body in write_sequences(llm, cfg, check=check)]
-    return "\n\n".join(t.strip() for t in texts) + "\n", llm.n_decoded - n_before
+def joined_text(llm: LlamaRunner, bodies: list[list[int]]) -> str:
+    """Written token sequences as text, separated by blank lines."""
+    texts = [b"".join(llm.piece(t) for t in body).decode("utf-8", errors="replace") for body in bodies]
+    return "\n\n".join(t.strip() for t in texts) + "\n"
 
 
 def write_sequences(llm: LlamaRunner, cfg: SelfText, *, check: Callable[[], None] = lambda: None,

@@ -33,6 +33,9 @@ class Importance:
     origin: str = "none"  # for messages: the imatrix file, or "norms"
     provenance: Mapping[str, object] | None = None
     """What the output file records about where the importance came from (None: nothing to record)."""
+    sequences: tuple[tuple[int, ...], ...] = ()
+    """The token sequences the model wrote for it (self-calibration only): the sensitivity probes read their
+    beginnings instead of writing text of their own."""
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -7,7 +7,8 @@ each layer's coefficient times its error).
     sens.gain_of("blk.3.ffn_down.weight")        # KLD per unit of squared error per token at its output
     sens.activations                             # Importance: mean squared input of every column
 
-The model writes a few short sequences; one clean pass over them (all side by side in one batch) keeps the
+The model writes a few short sequences (or the self-calibration's, already written, are read: ``written``);
+one clean pass over them (all side by side in one batch) keeps the
 next-token log-probabilities and every matrix's mean squared inputs. A probe then adds independent Gaussian
 noise to the outputs ``y = W x`` of some matrices (through llama.cpp's eval callback, in place, after the
 multiplication and before anything reads it), of variance ``rho * mean(y**2)``, and measures the mean KLD from
@@ -55,7 +56,9 @@ logger = logging.getLogger(__name__)
 #: Relative noise variance of a probe, shared by the matrices of a group: small enough that KLD grows in
 #: proportion (measured: 3x the noise gave 3x the KLD), large enough to stand above the sampling noise.
 RHO = 1e-2
-#: The text probed: sequences the model writes (side by side, one batch), as self-calibration's. 4 x 32 tokens:
+#: The text probed: sequences the model writes (side by side, one batch), as self-calibration's (whose first 4
+#: sequences' beginnings are read instead when it wrote them: writing 4 x 32 tokens takes Qwen2.5-Coder-1.5B
+#: ~8 s on 2 cores). 4 x 32 tokens:
 #: half of 4 x 64's time, and no worse (SmolLM2-135M, Q4_K_M's bytes, mean KLD on 40 wiki chunks, seed 0 / 1:
 #: 0.0358 / 0.0404 with 4 x 64 tokens and 256 rows per cost, 0.0353 / 0.0382 with 4 x 32 and 128 rows).
 PROBE_TEXT = SelfText(n_sequences=4, n_tokens=32, batch=4)
@@ -92,11 +95,15 @@ def layer(name: str) -> str:
 
 
 def measure_sensitivity(model: Path, names: Sequence[str], *, seed: int = 0, threads: int | None = None,
-                        per_tensor: bool = False) -> Sensitivity:
-    """The gains of the matrices ``names`` of ``model`` (a GGUF llama.cpp runs), deterministic for a ``seed``."""
+                        per_tensor: bool = False, written: Sequence[Sequence[int]] = ()) -> Sensitivity:
+    """The gains of the matrices ``names`` of ``model`` (a GGUF llama.cpp runs), deterministic for a ``seed``.
+
+    ``written``: token sequences the model already wrote (self-calibration's): when there are enough, the probes
+    read the first :data:`PROBE_TEXT` ``n_tokens`` of each of the first ``n_sequences`` instead of writing."""
     start = time.perf_counter()
     text = SelfText(**{**PROBE_TEXT.__dict__, "seed": seed})
-    with _Probe(model, text, set(names), threads) as probe:
+    reused = probe_sequences(written, text)
+    with _Probe(model, text, set(names), threads, reused) as probe:
         found = [n for n in names if n in probe.outputs]
         groups = {n: [n] for n in found} if per_tensor else probe_groups(found)
         results = []
@@ -111,7 +118,7 @@ def measure_sensitivity(model: Path, names: Sequence[str], *, seed: int = 0, thr
     logger.info("sensitivity: %d matrices, %d probes (%s) over %d tokens, %.1f s", len(gain), len(groups),
                 "one matrix each" if per_tensor else "layers and kinds", n_tokens, seconds)
     record = {"method": "noise injection, " + ("per matrix" if per_tensor else "layer x kind"), "probes": len(groups),
-              "tokens": n_tokens, "rho": RHO, "seed": seed}
+              "tokens": n_tokens, "text": "the calibration's" if reused else "written", "rho": RHO, "seed": seed}
     return Sensitivity({n: float(f"{g:.4g}") for n, g in gain.items()}, activations, record)
 
 
@@ -129,6 +136,15 @@ def probe_groups(names: Sequence[str]) -> dict[str, list[str]]:
             out.setdefault(layer(n), []).append(n)
             out.setdefault("kind " + kind(n), []).append(n)
     return out
+
+
+def probe_sequences(written: Sequence[Sequence[int]], text: SelfText) -> list[list[int]] | None:
+    """The beginnings (start token and ``text.n_tokens`` more) of the first ``text.n_sequences`` sequences of
+    ``written``, or None when it holds fewer, or shorter ones, than that."""
+    picked = [list(w[:text.n_tokens + 1]) for w in written[:text.n_sequences]]
+    if len(picked) < text.n_sequences or any(len(w) < text.n_tokens + 1 for w in picked):
+        return None
+    return picked
 
 
 def _fit(results: Sequence[tuple[float, Mapping[str, float]]], rounds: int = 200) -> dict[str, float]:
@@ -159,7 +175,8 @@ def _fit(results: Sequence[tuple[float, Mapping[str, float]]], rounds: int = 200
 class _Probe:
     """The model with a context holding every probe sequence side by side, the sequences, and the clean pass."""
 
-    def __init__(self, model: Path, text: SelfText, names: set[str], threads: int | None) -> None:
+    def __init__(self, model: Path, text: SelfText, names: set[str], threads: int | None,
+                 sequences: list[list[int]] | None = None) -> None:
         from llama_cpp import ggml_backend_sched_eval_callback
 
         self.model = Path(model)
@@ -176,7 +193,8 @@ class _Probe:
         self.runner = LlamaRunner(self.model, n_ctx=text.n_tokens + 8, n_seq=text.batch, threads=threads,
                                   eval_callback=self.callback)
         try:
-            self.sequences = write_sequences(self.runner, text, check=self._check, what="sensitivity: writing")
+            self.sequences = sequences or write_sequences(self.runner, text, check=self._check,
+                                                          what="sensitivity: writing")
             self.n_tokens = sum(map(len, self.sequences))
             self.collector = ImatrixCollector(min_rows=1)
             self.clean = self._log_probs()
