@@ -45,6 +45,14 @@ Q = gguf.GGMLQuantizationType
 #: Q4_K_M's bytes 0.0378 vs 0.0353, Q5_K_M's 0.0225 vs 0.0222; commit 1035da0).
 LADDER: tuple[gguf.GGMLQuantizationType, ...] = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_0, Q.F16)
 
+#: How far a matrix's allocated type may be from the type a recipe gives it: one ladder step fewer or more bits
+#: (a trust region). The predicted costs are least wrong near the recipe's mix: on Qwen2.5-Coder-1.5B at Q4_K_M's
+#: bytes the whole ladder's mix was predicted 0.0103 and cost 0.0371 in real KLD, while the recipe's types were
+#: predicted 0.0436 and cost 0.0466 (benchmarks/results/allocation_prediction.jsonl), so far moves mostly exploit
+#: the prediction's errors. SmolLM2-135M, 40 wiki chunks, seeds 0 / 1: Q4_K_M's bytes 0.0376 / 0.0373 within one
+#: step against 0.0385 / 0.0391 on the whole ladder; Q5_K_M's 0.0220 against 0.0223 (seed 0).
+TRUST_STEPS = 1
+
 #: Rows sampled per tensor (evenly spaced; every row of a smaller tensor). 128: half of 256's time, and the
 #: choices as good (see :data:`hqq2gguf.calibrate.sensitivity.PROBE_TEXT` for the measurement).
 SAMPLED_ROWS = 128
@@ -61,6 +69,22 @@ def candidate_types(ne0: int, recipe_type: gguf.GGMLQuantizationType) -> tuple[g
     """The ladder through llama.cpp's shape fallbacks, and the recipe's own type: distinct, in ladder order."""
     types = [shape_fallback(t, ne0) for t in LADDER] + [recipe_type]
     return tuple(dict.fromkeys(types))
+
+
+def trusted_types(candidates: tuple[gguf.GGMLQuantizationType, ...], center: gguf.GGMLQuantizationType,
+                  keep: gguf.GGMLQuantizationType) -> tuple[gguf.GGMLQuantizationType, ...]:
+    """The ``candidates`` within :data:`TRUST_STEPS` steps (by bits per weight) of ``center`` (or of the candidate
+    nearest it in bits), and ``keep`` (the recipe's own type, whose cost the allocation reports), in the
+    candidates' order."""
+    ladder = sorted(candidates, key=bits_per_weight)
+    at = min(range(len(ladder)), key=lambda i: abs(bits_per_weight(ladder[i]) - bits_per_weight(center)))
+    near = set(ladder[max(0, at - TRUST_STEPS):at + TRUST_STEPS + 1]) | {keep}
+    return tuple(t for t in candidates if t in near)
+
+
+def bits_per_weight(qtype: gguf.GGMLQuantizationType) -> float:
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    return 8 * type_size / block
 
 
 def sampled_rows(n_rows: int, n: int | None = None) -> np.ndarray:
