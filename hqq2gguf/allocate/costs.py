@@ -46,15 +46,20 @@ Q = gguf.GGMLQuantizationType
 LADDER: tuple[gguf.GGMLQuantizationType, ...] = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_0, Q.F16)
 
 #: How far a matrix's allocated type may be from the type a recipe gives it: one ladder step fewer or more bits
-#: (a trust region). The predicted costs are least wrong near the recipe's mix: on Qwen2.5-Coder-1.5B at Q4_K_M's
-#: bytes the whole ladder's mix was predicted 0.0103 and cost 0.0371 in real KLD, while the recipe's types were
-#: predicted 0.0436 and cost 0.0466 (benchmarks/results/allocation_prediction.jsonl), so far moves mostly exploit
-#: the prediction's errors. SmolLM2-135M, 40 wiki chunks, seeds 0 / 1: Q4_K_M's bytes 0.0376 / 0.0373 within one
-#: step against 0.0385 / 0.0391 on the whole ladder; Q5_K_M's 0.0220 against 0.0223 (seed 0).
+#: (a trust region). The predicted costs are least wrong near the recipe's mix: Qwen2.5-Coder-1.5B at Q4_K_M's bytes,
+#: predicted / noise of each matrix's predicted energy injected all at once / real KLD: the recipe's types 0.044 /
+#: 0.047 / 0.047; the whole ladder's mix 0.010 / 0.017 / 0.037; within one step 0.016 / 0.019 / 0.039
+#: (benchmarks/results/allocation_prediction.jsonl, allocation_qwen2.5-coder-1.5b.md): far moves exploit the layer x
+#: kind fit's errors, and real quantization error in the allocated mix hurts about twice what noise of its energy
+#: does (not yet modelled). SmolLM2-135M, 40 wiki chunks, the same probe text, seeds 0 / 1: Q4_K_M's bytes 0.0376 /
+#: 0.0373 within one step against 0.0385 / 0.0391 on the whole ladder; Q5_K_M's 0.0220 / 0.0221 against 0.0223 /
+#: 0.0220. It also halves the cost stage (fewer candidates).
 TRUST_STEPS = 1
 
 #: Rows sampled per tensor (evenly spaced; every row of a smaller tensor). 128: half of 256's time, and the
-#: choices as good (see :data:`hqq2gguf.calibrate.sensitivity.PROBE_TEXT` for the measurement).
+#: choices as good (see :data:`hqq2gguf.calibrate.sensitivity.PROBE_TEXT` for the measurement). 64 was tried:
+#: SmolLM2-135M at Q5_K_M's bytes, seeds 0 / 1, 0.02257 / 0.02229 against 0.02227 / 0.02205 with 128 (rows
+#: smol-reuse-r* of benchmarks/results/allocation_settings_smollm2.jsonl): not taken.
 SAMPLED_ROWS = 128
 
 
