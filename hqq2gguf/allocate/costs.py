@@ -54,7 +54,7 @@ LADDER: tuple[gguf.GGMLQuantizationType, ...] = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K,
 #: does (not yet modelled). SmolLM2-135M, 40 wiki chunks, the same probe text, seeds 0 / 1: Q4_K_M's bytes 0.0376 /
 #: 0.0373 within one step against 0.0385 / 0.0391 on the whole ladder; Q5_K_M's 0.0220 / 0.0221 against 0.0223 /
 #: 0.0220; but Qwen2.5-Coder-1.5B Q4_K_M, same text, 0.0388 against 0.0367 (1.057 +- 0.106 chunk-paired,
-#: allocation_settings_qwen2.5-coder-1.5b.jsonl): not a proven gain in KLD. Kept because it halves the cost stage
+#: allocation_settings_qwen2.5-coder-1.5b.jsonl; Q5_K_M 0.01416 against 0.01398, 1.013 +- 0.077): not a gain in KLD. Kept because it halves the cost stage
 #: (fewer candidates), which the time target needs, and its predictions are nearer what the mix costs.
 TRUST_STEPS = 1
 
