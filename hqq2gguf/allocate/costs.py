@@ -54,8 +54,9 @@ LADDER: tuple[gguf.GGMLQuantizationType, ...] = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K,
 #: does (not yet modelled). SmolLM2-135M, 40 wiki chunks, the same probe text, seeds 0 / 1: Q4_K_M's bytes 0.0376 /
 #: 0.0373 within one step against 0.0385 / 0.0391 on the whole ladder; Q5_K_M's 0.0220 / 0.0221 against 0.0223 /
 #: 0.0220; but Qwen2.5-Coder-1.5B Q4_K_M, same text, 0.0388 against 0.0367 (1.057 +- 0.106 chunk-paired,
-#: allocation_settings_qwen2.5-coder-1.5b.jsonl; Q5_K_M 0.01416 against 0.01398, 1.013 +- 0.077): not a gain in KLD. Kept because it halves the cost stage
-#: (fewer candidates), which the time target needs, and its predictions are nearer what the mix costs.
+#: allocation_settings_qwen2.5-coder-1.5b.jsonl; Q5_K_M 0.01416 against 0.01398, 1.013 +- 0.077): not a gain in
+#: KLD. Kept because it halves the cost stage (fewer candidates), which the time target needs, and its predictions
+#: are nearer what the mix costs.
 TRUST_STEPS = 1
 
 #: Rows sampled per tensor (evenly spaced; every row of a smaller tensor). 128: half of 256's time, and the
@@ -83,13 +84,13 @@ def trusted_types(candidates: tuple[gguf.GGMLQuantizationType, ...], center: ggu
     """The ``candidates`` within :data:`TRUST_STEPS` steps (by bits per weight) of ``center`` (or of the candidate
     nearest it in bits), and ``keep`` (the recipe's own type, whose cost the allocation reports), in the
     candidates' order."""
-    ladder = sorted(candidates, key=bits_per_weight)
-    at = min(range(len(ladder)), key=lambda i: abs(bits_per_weight(ladder[i]) - bits_per_weight(center)))
+    ladder = sorted(candidates, key=_bits_per_weight)
+    at = min(range(len(ladder)), key=lambda i: abs(_bits_per_weight(ladder[i]) - _bits_per_weight(center)))
     near = set(ladder[max(0, at - TRUST_STEPS):at + TRUST_STEPS + 1]) | {keep}
     return tuple(t for t in candidates if t in near)
 
 
-def bits_per_weight(qtype: gguf.GGMLQuantizationType) -> float:
+def _bits_per_weight(qtype: gguf.GGMLQuantizationType) -> float:
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     return 8 * type_size / block
 
