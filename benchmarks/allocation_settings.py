@@ -58,7 +58,10 @@ qs = time.perf_counter() - t0
 r = evaluate(dst, ref, text, n_ctx=512, n_chunks=chunks, n_threads=2, ref_cache=cache)
 row = {"cal_act": os.environ.get("EXP_CAL_ACT"), "sens_seed": sys.argv[9] if len(sys.argv) > 9 else None, "tag": tag, "recipe": recipe, "n_seq": n_seq, "n_tok": n_tok, "rows": rows, "seed": seed,
        "bytes": dst.stat().st_size, "quant_s": qs, **r.to_dict()}
-with open(Path(__file__).resolve().parent / "results" / f"allocation_settings_{ref.stem.split('-')[0].lower()}.jsonl", "a") as f:
+NAMES = {"SmolLM2-135M": "smollm2", "Qwen2.5-Coder-1.5B": "qwen2.5-coder-1.5b", "Qwen2.5-Coder-0.5B": "qwen2.5-coder-0.5b",
+         "gemma-3-270m": "gemma3-270m"}  # the names the other results files use
+model = next((v for k, v in NAMES.items() if ref.name.startswith(k)), ref.stem.split(".")[0].lower())
+with open(Path(__file__).resolve().parent / "results" / f"allocation_settings_{model}.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
 print("RESULT", tag, recipe, row["bytes"], row["kld_mean"], round(qs, 1), flush=True)
 dst.unlink()
