@@ -39,9 +39,7 @@ from pathlib import Path
 import gguf
 
 from hqq2gguf.allocate.choose import Option, TensorOptions, choose
-from hqq2gguf.allocate.costs import (
-    SAMPLED_ROWS, TRUST_STEPS, candidate_types, file_bytes, measure_errors, nearest_type, price, trusted_types,
-)
+from hqq2gguf.allocate.costs import SAMPLED_ROWS, TRUST_STEPS, candidate_types, file_bytes, measure_costs, trusted_types
 from hqq2gguf.allocate.result import (
     Allocation, Choice, format_table, llama_quantize_args, provenance_nbytes,
 )
@@ -75,9 +73,6 @@ class _Layout:
     candidates: dict[str, tuple[gguf.GGMLQuantizationType, ...]]
     fixed_bytes: int
     user_fixed_bytes: int
-    centers: dict[str, gguf.GGMLQuantizationType] = dataclasses.field(default_factory=dict)
-    """The type each candidate is expected near (the recipe's, or the trust region's center): its error there
-    sets the noise its sensitivity is probed with."""
     region: str = "the whole ladder"
     """Which types the candidates are: the whole ladder, or those near a recipe's types (:func:`_trusted`)."""
 
@@ -99,12 +94,10 @@ def allocate(source: Source, options: ConvertOptions, importance: Importance,
     layout, target, budget = _checked_budget(source, options)
     logger.info("allocation (%s): measuring %d tensors x up to %d types on at most %d rows each", target,
                 len(layout.candidates), max(map(len, layout.candidates.values()), default=0), SAMPLED_ROWS)
-    errors = measure_errors(source, layout.candidates, importance, options.solver, options.device)
-    at_centers = {t.name: t.errors[nearest_type(t.errors, layout.centers[t.name])] for t in errors}
     sensitivity = (Sensitivity() if runnable is None else
                    measure_sensitivity(runnable, list(layout.candidates), seed=options.seed or 0,
-                                       written=importance.sequences, errors=at_centers))
-    tables = price(errors, sensitivity)
+                                       written=importance.sequences))
+    tables = measure_costs(source, layout.candidates, importance, options.solver, sensitivity, options.device)
     measured = _Measured(tables, sensitivity.record, start)
     if options.allocate:  # the file must stay within the recipe's: its own metadata comes out of the budget
         allocation = _within_recipe_file(target, budget, measured, layout)
@@ -143,7 +136,7 @@ def _trusted(layout: _Layout, source: Source, options: ConvertOptions, budget: i
                                            r.value))
         types = {t.name: t.out_type for t in plans[center]}
     near = {n: trusted_types(c, types[n], layout.recipe[n].out_type) for n, c in layout.candidates.items()}
-    trusted = dataclasses.replace(layout, candidates=near, centers={n: types[n] for n in near},
+    trusted = dataclasses.replace(layout, candidates=near,
                                   region=f"within {TRUST_STEPS} step of {center.value}'s types")
     low, high = trusted.range()
     return trusted if low <= budget <= high else layout
@@ -165,7 +158,7 @@ def _layout(source: Source, options: ConvertOptions) -> _Layout:
             user_fixed += file_bytes(t.shape, t.out_type) if user else 0
         else:
             candidates[t.name] = candidate_types(info.ne0, t.out_type)
-    return _Layout(recipe, candidates, fixed, user_fixed, {n: recipe[n].out_type for n in candidates})
+    return _Layout(recipe, candidates, fixed, user_fixed)
 
 
 def _fixed_by_user(name: str, tied: bool, options: ConvertOptions) -> bool:

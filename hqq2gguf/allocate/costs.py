@@ -8,17 +8,11 @@ scaled to all rows) times the tensor's measured sensitivity.
 ``encode`` is the conversion's own encoding of those rows (:func:`hqq2gguf.encode.solve_rows`: the same
 dispatch, device, solver settings and column importance; every block solved on its own, so a sampled row gets
 the very blocks it gets in the file), and ``decoded`` what ggml decodes from those blocks. ``activation`` is the mean squared input of each column
-(so the sum estimates the squared error the tensor adds to its output per token: the input covariance's diagonal,
-which real inputs bear out, full/diagonal 0.99-1.01 on average for every kind and type of SmolLM2-135M and
-Qwen2.5-Coder-1.5B, benchmarks/results/sensitivity_covariance_*.jsonl) and ``gain`` the KLD per unit
+(so the sum estimates the squared error the tensor adds to its output per token) and ``gain`` the KLD per unit
 of that error (:mod:`hqq2gguf.calibrate.sensitivity`), both measured on the model's own text (the probes' 128
 tokens; the self-calibration's ~1000 tokens instead gave no gain: SmolLM2-135M at Q4_K_M's bytes, seeds 0 / 1,
 mean KLD 0.0353 / 0.0382 with the probes', 0.0350 / 0.0385 with the calibration's). Without them
 (:class:`Sensitivity` empty) the cost is the plain squared error: what the tests of the choice itself use.
-
-The errors come first (:func:`measure_errors`: every candidate of every tensor, one tensor read at a time) and are
-priced once the sensitivities are measured (:func:`price`), because the probes need them: each matrix is probed
-with noise of its own error's energy at the type it is expected near.
 """
 
 from __future__ import annotations
@@ -26,8 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import gguf
 import numpy as np
@@ -92,15 +85,9 @@ def trusted_types(candidates: tuple[gguf.GGMLQuantizationType, ...], center: ggu
     nearest it in bits), and ``keep`` (the recipe's own type, whose cost the allocation reports), in the
     candidates' order."""
     ladder = sorted(candidates, key=_bits_per_weight)
-    at = ladder.index(nearest_type(candidates, center))
+    at = min(range(len(ladder)), key=lambda i: abs(_bits_per_weight(ladder[i]) - _bits_per_weight(center)))
     near = set(ladder[max(0, at - TRUST_STEPS):at + TRUST_STEPS + 1]) | {keep}
     return tuple(t for t in candidates if t in near)
-
-
-def nearest_type(candidates: Collection[gguf.GGMLQuantizationType],
-                 center: gguf.GGMLQuantizationType) -> gguf.GGMLQuantizationType:
-    """``center`` if a candidate, else the candidate nearest it in bits per weight (the fewer bits on a tie)."""
-    return min(candidates, key=lambda t: (abs(_bits_per_weight(t) - _bits_per_weight(center)), _bits_per_weight(t)))
 
 
 def _bits_per_weight(qtype: gguf.GGMLQuantizationType) -> float:
@@ -117,71 +104,44 @@ def sampled_rows(n_rows: int, n: int | None = None) -> np.ndarray:
     return (np.arange(n) * 2 + 1) * n_rows // (2 * n)
 
 
-@dataclass(frozen=True)
-class TensorErrors:
-    """One tensor's encoding errors: for each candidate type, the squared error of each column (n_expert, ne0),
-    summed over the sampled rows and scaled to all rows."""
-
-    name: str
-    shape: tuple[int, ...]
-    errors: Mapping[gguf.GGMLQuantizationType, np.ndarray]
-
-    def energy(self, qtype: gguf.GGMLQuantizationType, activations: np.ndarray | None) -> float:
-        """The squared error ``qtype`` adds to the tensor's output per token: each column's error times its mean
-        squared input (``activations``, (n_expert, ne0); 1 without)."""
-        err = self.errors[qtype]
-        return float(err.sum() if activations is None else (err * activations.astype(np.float64)).sum())
-
-
-def measure_errors(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizationType, ...]],
-                   importance: Importance, config: SolverConfig, device: Device = Device.TORCH) -> list[TensorErrors]:
-    """Every tensor in ``wanted`` (name -> candidate types) with each candidate's column errors, in source order;
-    tensors are read one source step at a time. ``importance`` is the solver's and ``device`` (resolved) where it
-    runs (as the conversion encodes)."""
+def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizationType, ...]],
+                  importance: Importance, config: SolverConfig, sensitivity: Sensitivity,
+                  device: Device = Device.TORCH) -> list[TensorOptions]:
+    """Every tensor in ``wanted`` (name -> candidate types) with the cost of each candidate, in source order;
+    tensors are read one source step at a time. ``importance`` is the solver's and ``device`` (resolved) where
+    it runs (as the conversion encodes), ``sensitivity`` what an error costs."""
     tables = []
     for name, data in source.tensors_named(set(wanted)):
         start = time.perf_counter()
         shape = tuple(data.shape)
         imp = importance.for_tensor(name, shape)
-        tables.append(TensorErrors(name, shape, {t: column_errors(data, t, config, imp, device) for t in wanted[name]}))
-        logger.debug("%-32s errors of %d types (%.1f s)", name, len(wanted[name]), time.perf_counter() - start)
+        act = sensitivity.activations.for_tensor(name, shape)
+        gain = sensitivity.gain_of(name)
+        options = tuple(Option(t, file_bytes(shape, t), gain * tensor_cost(data, t, config, imp, act, device))
+                        for t in wanted[name])
+        tables.append(TensorOptions(name, options))
+        logger.debug("%-32s costs %s (%.1f s)", name,
+                     " ".join(f"{o.qtype.name}={o.cost:.3g}" for o in options), time.perf_counter() - start)
     return tables
 
 
-def price(errors: Sequence[TensorErrors], sensitivity: Sensitivity) -> list[TensorOptions]:
-    """Each tensor's options: every candidate's bytes and cost (its output error energy, weighted by the
-    columns' mean squared inputs on the probes' text, times the tensor's gain)."""
-    tables = []
-    for t in errors:
-        act = sensitivity.activations.for_tensor(t.name, t.shape)
-        gain = sensitivity.gain_of(t.name)
-        options = tuple(Option(q, file_bytes(t.shape, q), gain * t.energy(q, act)) for q in t.errors)
-        tables.append(TensorOptions(t.name, options))
-        logger.debug("%-32s costs %s", t.name, " ".join(f"{o.qtype.name}={o.cost:.3g}" for o in options))
-    return tables
-
-
-def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizationType, ...]],
-                  importance: Importance, config: SolverConfig, sensitivity: Sensitivity,
-                  device: Device = Device.TORCH) -> list[TensorOptions]:
-    """:func:`measure_errors` priced by ``sensitivity`` (:func:`price`)."""
-    return price(measure_errors(source, wanted, importance, config, device), sensitivity)
-
-
-def column_errors(data: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
-                  importance: np.ndarray | None, device: Device = Device.TORCH) -> np.ndarray:
-    """(n_expert, ne0) float64: each column's squared error of ``data`` (numpy order; 3-D: experts first) as
-    ``qtype``, summed over sampled rows (solved with the solver's ``importance``) and scaled to all rows."""
+def tensor_cost(data: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
+                importance: np.ndarray | None, activations: np.ndarray | None = None,
+                device: Device = Device.TORCH) -> float:
+    """The squared output error of ``data`` (numpy order; 3-D: experts first) as ``qtype``, from sampled rows:
+    solved with the solver's ``importance``, weighted by the columns' mean squared ``activations`` (1 without)."""
     n_expert = data.shape[0] if data.ndim == 3 else 1
     experts = data.reshape(n_expert, -1, data.shape[-1])
     n_rows = experts.shape[1]
     picked = sampled_rows(n_rows)
-    out = np.empty((n_expert, data.shape[-1]))
+    total = 0.0
     for e in range(n_expert):
         rows = experts[e][torch.from_numpy(picked)].to(torch.float32)
         imp = None if importance is None else importance[e]
-        out[e] = _squared_error(rows, qtype, config, imp, device).sum(axis=0)
-    return out * (n_rows / len(picked))
+        err = _squared_error(rows, qtype, config, imp, device)
+        weights = np.ones(rows.shape[1]) if activations is None else activations[e].astype(np.float64)
+        total += float(err.sum(axis=0) @ weights)
+    return total * n_rows / len(picked)
 
 
 def _squared_error(rows: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,

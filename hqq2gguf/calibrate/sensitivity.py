@@ -11,12 +11,8 @@ The model writes a few short sequences (or the self-calibration's, already writt
 one clean pass over them (all side by side in one batch) keeps the
 next-token log-probabilities and every matrix's mean squared inputs. A probe then adds independent Gaussian
 noise to the outputs ``y = W x`` of some matrices (through llama.cpp's eval callback, in place, after the
-multiplication and before anything reads it) and measures the mean KLD from the clean pass. The noise of a
-matrix has the energy of its own encoding error at the type it is expected near (``errors``: per column, times
-the column's mean squared input; the operating point), else variance ``rho * mean(y**2)``. Why: a probe
-relative to ``mean(y**2)`` puts layers whose outputs carry a massive activation far outside the linear regime
-(Qwen2.5-Coder-1.5B's blk.1 / blk.2 probes gave KLD 0.21 / 0.52, 25-50x what their real Q4_K errors, which are
-tiny next to that mean square, give per unit of energy: benchmarks/results/sensitivity_real_error_*.jsonl). Matrices are probed in groups (every matrix of a layer; every layer's matrix of one kind), each
+multiplication and before anything reads it), of variance ``rho * mean(y**2)``, and measures the mean KLD from
+the clean pass. Matrices are probed in groups (every matrix of a layer; every layer's matrix of one kind), each
 matrix's gain modelled as ``layer factor x kind factor``, the factors fitted to the groups' KLDs: about L + 2K
 probes instead of L x K (the first block's matrices are probed alone, :func:`probe_groups`; ``per_tensor``
 probes every matrix alone). An error of squared norm ``e`` per token at matrix
@@ -66,9 +62,6 @@ RHO = 1e-2
 #: half of 4 x 64's time, and no worse (SmolLM2-135M, Q4_K_M's bytes, mean KLD on 40 wiki chunks, seed 0 / 1:
 #: 0.0358 / 0.0404 with 4 x 64 tokens and 256 rows per cost, 0.0353 / 0.0382 with 4 x 32 and 128 rows).
 PROBE_TEXT = SelfText(n_sequences=4, n_tokens=32, batch=4)
-#: With ``errors``: the least noise variance, relative to the output's mean square, a probe injects (a matrix
-#: expected near lossless still gets a KLD above the float rounding of the log-probabilities).
-LEVEL_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -102,19 +95,15 @@ def layer(name: str) -> str:
 
 
 def measure_sensitivity(model: Path, names: Sequence[str], *, seed: int = 0, threads: int | None = None,
-                        per_tensor: bool = False, written: Sequence[Sequence[int]] = (),
-                        errors: Mapping[str, np.ndarray] | None = None) -> Sensitivity:
+                        per_tensor: bool = False, written: Sequence[Sequence[int]] = ()) -> Sensitivity:
     """The gains of the matrices ``names`` of ``model`` (a GGUF llama.cpp runs), deterministic for a ``seed``.
 
     ``written``: token sequences the model already wrote (self-calibration's): when there are enough, the probes
-    read the first :data:`PROBE_TEXT` ``n_tokens`` of each of the first ``n_sequences`` instead of writing.
-    ``errors``: each matrix's squared encoding error per column (n_expert, ne0) at the type it is expected to get:
-    its probe noise then has that error's energy on the probes' text (the operating point) instead of
-    :data:`RHO` of its output's."""
+    read the first :data:`PROBE_TEXT` ``n_tokens`` of each of the first ``n_sequences`` instead of writing."""
     start = time.perf_counter()
     text = SelfText(**{**PROBE_TEXT.__dict__, "seed": seed})
     reused = probe_sequences(written, text)
-    with _Probe(model, text, set(names), threads, reused, errors) as probe:
+    with _Probe(model, text, set(names), threads, reused) as probe:
         found = [n for n in names if n in probe.outputs]
         groups = {n: [n] for n in found} if per_tensor else probe_groups(found)
         results = []
@@ -129,8 +118,7 @@ def measure_sensitivity(model: Path, names: Sequence[str], *, seed: int = 0, thr
     logger.info("sensitivity: %d matrices, %d probes (%s) over %d tokens, %.1f s", len(gain), len(groups),
                 "one matrix each" if per_tensor else "layers and kinds", n_tokens, seconds)
     record = {"method": "noise injection, " + ("per matrix" if per_tensor else "layer x kind"), "probes": len(groups),
-              "tokens": n_tokens, "text": "the calibration's" if reused else "written",
-              "noise": "each matrix's encoding error energy" if probe.levels else f"rho {RHO:g}", "seed": seed}
+              "tokens": n_tokens, "text": "the calibration's" if reused else "written", "rho": RHO, "seed": seed}
     return Sensitivity({n: float(f"{g:.4g}") for n, g in gain.items()}, activations, record)
 
 
@@ -184,28 +172,16 @@ def _fit(results: Sequence[tuple[float, Mapping[str, float]]], rounds: int = 200
     return {n: math.exp(u[layer(n)] + v[kind(n)]) for n in sorted(names)} | alone
 
 
-def _levels(errors: Mapping[str, np.ndarray], means: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Each matrix's squared output error per token on the probes' text: its columns' ``errors`` weighted by
-    their mean squared inputs (matrices of one expert only; None where the shapes disagree)."""
-    levels = {}
-    for name, err in errors.items():
-        act = means.get(name)
-        if act is not None and err.shape == act.shape == (1, err.shape[-1]):
-            levels[name] = float((err * act.astype(np.float64)).sum())
-    return levels
-
-
 class _Probe:
     """The model with a context holding every probe sequence side by side, the sequences, and the clean pass."""
 
     def __init__(self, model: Path, text: SelfText, names: set[str], threads: int | None,
-                 sequences: list[list[int]] | None = None, errors: Mapping[str, np.ndarray] | None = None) -> None:
+                 sequences: list[list[int]] | None = None) -> None:
         from llama_cpp import ggml_backend_sched_eval_callback
 
         self.model = Path(model)
         self.names = names
         self.rho: dict[str, float] = {}
-        self.levels: dict[str, float] = {}
         self.energy: dict[str, float] = {}
         self.tokens: dict[str, int] = {}
         self.outputs: set[str] = set()
@@ -224,7 +200,6 @@ class _Probe:
             self.clean = self._log_probs()
             self.clean_p = self.clean.exp()
             self.collector, self._stats = None, self.collector.stats
-            self.levels = _levels(errors or {}, self._stats.means())
         except BaseException:
             self.close()
             raise
@@ -300,9 +275,7 @@ class _Probe:
             raise ValueError(f"output of {name} is not in host memory")
         n_out, n_tok = int(t.ne[0]), int(t.ne[1]) * int(t.ne[2]) * int(t.ne[3])
         y = np.ctypeslib.as_array((ctypes.c_float * (n_out * n_tok)).from_address(t.data))
-        mean_square = float(np.mean(np.square(y, dtype=np.float64)))
-        level = self.levels.get(name)
-        var = self.rho[name] * mean_square if level is None else max(level / n_out, LEVEL_FLOOR * mean_square)
+        var = self.rho[name] * float(np.mean(np.square(y, dtype=np.float64)))
         y += self.rng.standard_normal(y.size, dtype=np.float32) * np.float32(math.sqrt(var))
         self.energy[name] = self.energy.get(name, 0.0) + var * n_out * n_tok
         self.tokens[name] = self.tokens.get(name, 0) + n_tok
