@@ -11,7 +11,7 @@ KLD (benchmarks/allocation_settings.py, whose row it appends), with the probe's 
 
 Ran at d47b69d on SmolLM2-135M (tags smol-realsens-*, smol-fixedsens-*, smol-sampledsens-*, smol-sampledreal-*,
 smol-opnoise-* in results/allocation_settings_smollm2.jsonl) and Qwen2.5-Coder-1.5B (qwen-opnoise-s0 in
-results/allocation_settings_qwen2.5-coder-1.5b.jsonl). An experiment: it patches the probe and the pipeline.
+results/allocation_settings_qwen2.5-coder-1.5b.jsonl; qwen-realsens-q4k-s0 at aa22c72, the same product code). An experiment: it patches the probe and the pipeline.
 """
 import ctypes
 import math

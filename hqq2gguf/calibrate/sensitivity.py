@@ -26,7 +26,14 @@ result more than these choices: 0.0353 with seed 0, 0.0382 with seed 1 (:data:`P
 seed that does (the calibration's fixed at 0, probe seeds 0 / 1 / 2: 0.0353 / 0.0379 / 0.0364). Tried and not
 kept: noise shaped like a block quantization error (each output's variance at each token from the 32-weight
 blocks' mean square weights times that token's inputs) instead of isotropic: 0.0407 / 0.0434 (seeds 0 / 1)
-against 0.0353 / 0.0382 (commit bbcc1ad; benchmarks/results/allocation_settings_smollm2.jsonl).
+against 0.0353 / 0.0382 (commit bbcc1ad; benchmarks/results/allocation_settings_smollm2.jsonl). Known limits
+(benchmarks/results/sensitivity_diagnostics.md): a probe of a layer or kind holding a massive-activation output
+saturates (Qwen2.5-Coder-1.5B's blk.1 / blk.2: KLD 0.21 / 0.52, their gains 25-50x what real errors give), and at
+equal energy real quantization error costs 0.3x-2.2x what this noise does, by kind (attn_k, attn_v ~0.4x). Tried
+for them and not kept: each matrix probed with noise of its own encoding error's energy at the recipe's type (the
+operating point; commit 803dfa3: SmolLM2 0.97-1.00x, Qwen Q4_K_M 1.04x, Q5_K_M 1.16x of this), and real error
+(y += c dW x, the whole matrices' Q4_K blocks) instead of noise (SmolLM2 Q4_K_M 0.95x / 0.96x, Q5_K_M 1.03x / 1.03x;
+Qwen Q4_K_M 1.01x, Q5_K_M 1.11 +- 0.06x; and the encoding costs Qwen2.5-Coder-1.5B 132 s).
 """
 
 from __future__ import annotations
