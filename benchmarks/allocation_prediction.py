@@ -43,8 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "allocation_prediction.j
 @click.option("--recipe", default="Q4_K_M", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--noise-seeds", type=int, default=3, show_default=True)
-@click.option("--whole-ladder", is_flag=True, help="No trust region: every matrix chooses from the whole ladder.")
-def main(reference: Path, name: str, recipe: str, seed: int, noise_seeds: int, whole_ladder: bool) -> None:
+def main(reference: Path, name: str, recipe: str, seed: int, noise_seeds: int) -> None:
     options = ConvertOptions.from_args(recipe=recipe, allocate=True, seed=seed)
     options = dataclasses.replace(options, device=resolve_device(options.device))
     source = open_source(reference, options)
@@ -57,13 +56,11 @@ def main(reference: Path, name: str, recipe: str, seed: int, noise_seeds: int, w
         return measured["s"]
 
     allocate_module.measure_sensitivity = keep
-    if whole_ladder:
-        allocate_module._trusted = lambda layout, *args: layout
     allocation = allocate_module.allocate(source, options, importance, reference)
     gain = measured["s"].gain
     energy = {"recipe": {c.name: c.recipe_cost / gain[c.name] for c in allocation.choices},
               "allocated": {c.name: c.cost / gain[c.name] for c in allocation.choices}}
-    row = {"name": name, "recipe": recipe, "seed": seed, "candidates": allocation.region, "code": code_version(),
+    row = {"name": name, "recipe": recipe, "seed": seed, "code": code_version(),
            "command": shlex.join([sys.executable, *sys.argv]), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "predicted": {"recipe": allocation.recipe_cost, "allocated": allocation.cost}}
     absolute: dict[str, float] = {}

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 import tiny_models
 from hqq2gguf.allocate import Allocation, allocate
 from hqq2gguf.allocate.choose import Option, TensorOptions, choose, feasible_range, lower_hull, total
-from hqq2gguf.allocate.costs import LADDER, candidate_types, sampled_rows, trusted_types
+from hqq2gguf.allocate.costs import LADDER, candidate_types, sampled_rows
 from hqq2gguf.allocate.result import KEY, TENSORS_KEY, kv_nbytes
 from hqq2gguf.calibrate import Importance
 from hqq2gguf.cli import main
@@ -121,15 +121,6 @@ def test_candidates_follow_llama_cpp_shape_fallbacks() -> None:
     assert candidate_types(100, Q.F16) == (Q.F16,)  # nothing blocked fits rows of 100
 
 
-def test_the_trust_region_keeps_one_step_around_the_center_and_the_recipes_type() -> None:
-    assert trusted_types(LADDER, Q.Q4_K, Q.Q4_K) == (Q.Q3_K, Q.Q4_K, Q.Q5_K)
-    assert trusted_types(LADDER, Q.Q2_K, Q.Q2_K) == (Q.Q2_K, Q.Q3_K)
-    assert trusted_types(LADDER, Q.Q6_K, Q.Q4_K) == (Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_0)  # the recipe's type kept
-    assert trusted_types(LADDER, Q.IQ4_XS, Q.Q4_K) == (Q.Q3_K, Q.Q4_K, Q.Q5_K)  # not a candidate: the nearest
-    small = candidate_types(576, Q.Q5_1)  # Q4_0, Q5_0, Q5_1, Q8_0, F16
-    assert trusted_types(small, Q.Q5_1, Q.Q5_1) == (Q.Q5_0, Q.Q5_1, Q.Q8_0)
-
-
 def test_sampled_rows_are_evenly_spaced_and_cover_small_tensors() -> None:
     assert list(sampled_rows(5)) == [0, 1, 2, 3, 4]
     rows = sampled_rows(1000, 4)
@@ -201,26 +192,6 @@ def test_allocate_keeps_the_recipe_file_size_and_lowers_predicted_cost(model_dir
     assert allocation.cost < allocation.recipe_cost  # same bytes or fewer, less predicted error
     assert {c.qtype for c in allocation.choices} <= STANDARD
     assert len({c.qtype for c in allocation.choices}) >= 2  # a mix, not the recipe's default everywhere
-
-
-def test_allocate_moves_each_matrix_at_most_one_step_from_its_recipe_type(model_dir: Path) -> None:
-    options = ConvertOptions.from_args(recipe="Q4_K_M", allocate=True)
-    allocation = allocate(open_source(model_dir, options), options, Importance())
-    assert allocation.region == "within 1 step of Q4_K_M's types"
-    assert '"candidates": "within 1 step of Q4_K_M' in allocation.provenance()[KEY]
-    for c in allocation.choices:
-        ladder = [t for t in LADDER if t is not Q.F16]
-        assert abs(ladder.index(c.qtype) - ladder.index(c.recipe_type)) <= 1, c
-
-
-def test_a_target_size_centers_the_trust_region_on_the_nearest_recipe(model_dir: Path) -> None:
-    """--target-bpw far below Q4_K_M: the region around the recipe of nearest size; below what any region
-    reaches (but within the ladder): the whole ladder."""
-    source = open_source(model_dir, ConvertOptions.from_args(target_bpw=3.0))
-    low = allocate(source, ConvertOptions.from_args(target_bpw=3.0), Importance())
-    assert low.region.startswith("within 1 step of Q") and "Q4_K_M" not in low.region
-    floor = ConvertOptions.from_args(target_bpw=2.77)  # the whole ladder reaches 2.765 bpw on this model
-    assert allocate(source, floor, Importance()).region == "the whole ladder"
 
 
 def test_allocated_file_is_no_larger_and_records_its_allocation(recipe_and_allocated) -> None:

@@ -12,10 +12,7 @@ fixed rules), for ``--target-size``, ``--target-bpw`` and ``--type RECIPE --allo
    per-token error of the row it looks up put it at Q2_K and raised the KLD of a Q4_K_M-sized file from
    0.035 to 0.13 (0.028 with it kept at Q4_K);
 2. each matrix gets candidate types (:data:`~.costs.LADDER` through llama.cpp's shape fallbacks, the recipe's
-   own type, F16), cut to a trust region: one step either side of the type a recipe gives it (the
-   ``--allocate`` recipe, or for a size target the recipe of nearest size; the whole ladder when the budget is
-   beyond the region), because the predictions are least wrong near a recipe's mix (:data:`~.costs.TRUST_STEPS`);
-   each with bytes and predicted cost: the KLD it adds, its squared output error measured by the
+   own type, F16) with bytes and predicted cost: the KLD it adds, its squared output error measured by the
    solver on sampled rows times the matrix's sensitivity measured on the model's own text (:mod:`.costs`,
    :mod:`hqq2gguf.calibrate.sensitivity`). Without sensitivities the cost on SmolLM2-135M at Q4_K_M's bytes
    measured 1.11x the recipe types' KLD; with them 0.75x;
@@ -27,7 +24,6 @@ adds its header and metadata. A budget outside what the candidates can reach is 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import re
@@ -39,7 +35,7 @@ from pathlib import Path
 import gguf
 
 from hqq2gguf.allocate.choose import Option, TensorOptions, choose
-from hqq2gguf.allocate.costs import SAMPLED_ROWS, TRUST_STEPS, candidate_types, file_bytes, measure_costs, trusted_types
+from hqq2gguf.allocate.costs import SAMPLED_ROWS, candidate_types, file_bytes, measure_costs
 from hqq2gguf.allocate.result import (
     Allocation, Choice, format_table, llama_quantize_args, provenance_nbytes,
 )
@@ -47,7 +43,7 @@ from hqq2gguf.calibrate import Importance, Sensitivity, measure_sensitivity
 from hqq2gguf.errors import OptionError
 from hqq2gguf.options import ConvertOptions
 from hqq2gguf.plan import PlannedTensor, make_plan
-from hqq2gguf.recipes import Category, Recipe, allows_quantization, category
+from hqq2gguf.recipes import Category, allows_quantization, category
 from hqq2gguf.recipes.recipe import is_quantized
 from hqq2gguf.recipes.model import TensorInfo
 from hqq2gguf.recipes.rules import OUTPUT_NAME, Q8_FLOOR_BY_ARCH
@@ -59,11 +55,6 @@ __all__ = ["Allocation", "Choice", "allocate", "check_budget", "format_table", "
 
 _MAX_RESERVE_ROUNDS = 8
 
-#: The recipes a --target-size / --target-bpw allocation may center its trust region on: the one whose tensor
-#: data is nearest the budget.
-TRUST_CENTERS = (Recipe.Q2_K, Recipe.Q3_K_S, Recipe.Q3_K_M, Recipe.Q3_K_L, Recipe.Q4_K_S, Recipe.Q4_K_M,
-                 Recipe.Q5_K_S, Recipe.Q5_K_M, Recipe.Q6_K, Recipe.Q8_0)
-
 
 @dataclass(frozen=True)
 class _Layout:
@@ -73,8 +64,6 @@ class _Layout:
     candidates: dict[str, tuple[gguf.GGMLQuantizationType, ...]]
     fixed_bytes: int
     user_fixed_bytes: int
-    region: str = "the whole ladder"
-    """Which types the candidates are: the whole ladder, or those near a recipe's types (:func:`_trusted`)."""
 
     def range(self) -> tuple[int, int]:
         """The bytes of the smallest and the largest mix, the fixed tensors included."""
@@ -121,25 +110,7 @@ def _checked_budget(source: Source, options: ConvertOptions) -> tuple[_Layout, s
     low, high = layout.range()
     if not low <= budget <= high:
         raise OptionError(_range_message(target, budget, low, high, layout, source))
-    return _trusted(layout, source, options, budget), target, budget
-
-
-def _trusted(layout: _Layout, source: Source, options: ConvertOptions, budget: int) -> _Layout:
-    """``layout`` with every matrix's candidates cut to :data:`~.costs.TRUST_STEPS` ladder steps around a
-    recipe's type for it: the ``--allocate`` recipe's own, else the :data:`TRUST_CENTERS` recipe whose tensor
-    data is nearest the budget. The whole ladder when the budget lies outside what the region can reach."""
-    if options.allocate:
-        center, types = options.recipe, {n: t.out_type for n, t in layout.recipe.items()}
-    else:
-        plans = {r: make_plan(source, dataclasses.replace(options, recipe=r)).tensors for r in TRUST_CENTERS}
-        center = min(plans, key=lambda r: (abs(sum(file_bytes(t.shape, t.out_type) for t in plans[r]) - budget),
-                                           r.value))
-        types = {t.name: t.out_type for t in plans[center]}
-    near = {n: trusted_types(c, types[n], layout.recipe[n].out_type) for n, c in layout.candidates.items()}
-    trusted = dataclasses.replace(layout, candidates=near,
-                                  region=f"within {TRUST_STEPS} step of {center.value}'s types")
-    low, high = trusted.range()
-    return trusted if low <= budget <= high else layout
+    return layout, target, budget
 
 
 def _layout(source: Source, options: ConvertOptions) -> _Layout:
@@ -210,7 +181,7 @@ def _allocation(target: str, budget: int, measured: _Measured, layout: _Layout) 
         pick: Option = chosen[t.name]
         choices.append(Choice(t.name, pick.qtype, pick.nbytes, pick.cost, recipe_type, recipe.nbytes, recipe.cost))
     return Allocation(target, budget, layout.fixed_bytes, tuple(choices), SAMPLED_ROWS,
-                      time.perf_counter() - measured.start, measured.sensitivity, layout.region)
+                      time.perf_counter() - measured.start, measured.sensitivity)
 
 
 def _within_recipe_file(target: str, budget: int, measured: _Measured, layout: _Layout) -> Allocation:

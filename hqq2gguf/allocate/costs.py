@@ -43,21 +43,13 @@ Q = gguf.GGMLQuantizationType
 #: whole 256-blocks gets Q4_0 / Q5_0 / Q5_1 / Q8_0 instead, as llama-quantize gives it), plus F16 at the top.
 #: Tried and not kept: IQ4_XS between Q3_K and Q4_K, and Q4_1 for rows of 32-blocks (SmolLM2-135M, seed 0:
 #: Q4_K_M's bytes 0.0378 vs 0.0353, Q5_K_M's 0.0225 vs 0.0222; commit 1035da0).
+#: Every matrix chooses from the whole ladder. Tried and removed: a trust region, each matrix within one ladder step
+#: of the type a recipe gives it (commit 9b2d8de). It halved the cost stage but was no KLD gain on SmolLM2-135M
+#: and Qwen2.5-Coder-1.5B (0.95-1.06x of the whole ladder), and where a tied token embedding is a large share of
+#: the bytes it could not spend the budget: Q4_K_M's bytes, 40 wiki chunks, Gemma-3-270M 211.8 of 253.1 MB and mean
+#: KLD 0.0294 against 0.0150 on the whole ladder (0.509 +- 0.014 chunk-paired), Qwen2.5-Coder-0.5B 0.0185 against
+#: 0.0140 (0.756 +- 0.064; benchmarks/results/allocation_settings_{gemma3-270m,qwen2.5-coder-0.5b}.jsonl).
 LADDER: tuple[gguf.GGMLQuantizationType, ...] = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_0, Q.F16)
-
-#: How far a matrix's allocated type may be from the type a recipe gives it: one ladder step fewer or more bits
-#: (a trust region). The predicted costs are least wrong near the recipe's mix: Qwen2.5-Coder-1.5B at Q4_K_M's bytes,
-#: predicted / noise of each matrix's predicted energy injected all at once / real KLD: the recipe's types 0.044 /
-#: 0.047 / 0.047; the whole ladder's mix 0.010 / 0.017 / 0.037; within one step 0.016 / 0.019 / 0.039
-#: (benchmarks/results/allocation_prediction.jsonl, allocation_qwen2.5-coder-1.5b.md): far moves exploit the layer x
-#: kind fit's errors, and real quantization error in the allocated mix hurts about twice what noise of its energy
-#: does (not yet modelled). SmolLM2-135M, 40 wiki chunks, the same probe text, seeds 0 / 1: Q4_K_M's bytes 0.0376 /
-#: 0.0373 within one step against 0.0385 / 0.0391 on the whole ladder; Q5_K_M's 0.0220 / 0.0221 against 0.0223 /
-#: 0.0220; but Qwen2.5-Coder-1.5B Q4_K_M, same text, 0.0388 against 0.0367 (1.057 +- 0.106 chunk-paired,
-#: allocation_settings_qwen2.5-coder-1.5b.jsonl; Q5_K_M 0.01416 against 0.01398, 1.013 +- 0.077): not a gain in
-#: KLD. Kept because it halves the cost stage (fewer candidates), which the time target needs, and its predictions
-#: are nearer what the mix costs.
-TRUST_STEPS = 1
 
 #: Rows sampled per tensor (evenly spaced; every row of a smaller tensor). 128: half of 256's time, and the
 #: choices as good (see :data:`hqq2gguf.calibrate.sensitivity.PROBE_TEXT` for the measurement). 64 was tried:
@@ -77,22 +69,6 @@ def candidate_types(ne0: int, recipe_type: gguf.GGMLQuantizationType) -> tuple[g
     """The ladder through llama.cpp's shape fallbacks, and the recipe's own type: distinct, in ladder order."""
     types = [shape_fallback(t, ne0) for t in LADDER] + [recipe_type]
     return tuple(dict.fromkeys(types))
-
-
-def trusted_types(candidates: tuple[gguf.GGMLQuantizationType, ...], center: gguf.GGMLQuantizationType,
-                  keep: gguf.GGMLQuantizationType) -> tuple[gguf.GGMLQuantizationType, ...]:
-    """The ``candidates`` within :data:`TRUST_STEPS` steps (by bits per weight) of ``center`` (or of the candidate
-    nearest it in bits), and ``keep`` (the recipe's own type, whose cost the allocation reports), in the
-    candidates' order."""
-    ladder = sorted(candidates, key=_bits_per_weight)
-    at = min(range(len(ladder)), key=lambda i: abs(_bits_per_weight(ladder[i]) - _bits_per_weight(center)))
-    near = set(ladder[max(0, at - TRUST_STEPS):at + TRUST_STEPS + 1]) | {keep}
-    return tuple(t for t in candidates if t in near)
-
-
-def _bits_per_weight(qtype: gguf.GGMLQuantizationType) -> float:
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    return 8 * type_size / block
 
 
 def sampled_rows(n_rows: int, n: int | None = None) -> np.ndarray:

@@ -51,8 +51,6 @@ class Allocation:
     seconds: float
     sensitivity: Mapping[str, object] = field(default_factory=dict)
     """How the sensitivities were measured (empty: they were not; every error cost the same)."""
-    region: str = "the whole ladder"
-    """Which types each matrix chose from (a trust region around a recipe's types, or the whole ladder)."""
 
     @property
     def nbytes(self) -> int:
@@ -81,8 +79,7 @@ class Allocation:
         predicted cost, in file order."""
         summary = {"target": self.target, "budget": self.budget, "bytes": self.nbytes,
                    "predicted_cost": float(f"{self.cost:.6g}"), "recipe_cost": float(f"{self.recipe_cost:.6g}"),
-                   "sampled_rows": self.sampled_rows, "sensitivity": dict(self.sensitivity) or None,
-                   "candidates": self.region}
+                   "sampled_rows": self.sampled_rows, "sensitivity": dict(self.sensitivity) or None}
         return {KEY: json.dumps(summary, sort_keys=True),
                 TENSORS_KEY: [f"{c.name}={c.qtype.name}" for c in self.choices],
                 COSTS_KEY: [float(c.cost) for c in self.choices]}
