@@ -8,86 +8,57 @@ energy). One JSON line per group in OUT, a line per group on stderr.
 
 Ran at d47b69d: results/sensitivity_real_error_{smollm2,qwen2.5-coder-1.5b}.jsonl (+ .log). Found: probes of
 layers or kinds holding a massive-activation output saturate (Qwen2.5-Coder-1.5B blk.1 / blk.2: KLD 0.21 / 0.52 at
-RHO, full/linear 0.04 / 0.02: their gains 25-50x too high for errors of real size)
-at equal energy real error
+RHO, full/linear 0.04 / 0.02: their gains 25-50x too high for errors of real size); at equal energy real error
 costs 0.3x-2.2x what noise does, by kind (attn_k, attn_v, ffn_up ~0.4x on Qwen). An experiment: it patches the
 probe's injection.
 """
-import ctypes
-import dataclasses
 import json
 import math
 import sys
 import time
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import gguf
 import numpy as np
-import torch
-import hqq2gguf.calibrate.sensitivity as S
-import hqq2gguf.allocate as A
-from hqq2gguf.calibrate.collect import GgmlTensor, ImatrixCollector
-from hqq2gguf.calibrate import column_importance
-from hqq2gguf.cuda import resolve_device
-from hqq2gguf.options import ConvertOptions
-from hqq2gguf.sources import open_source
-from hqq2gguf.encode import solve_rows
-from hqq2gguf import ggml_ref
-from hqq2gguf.recipes import shape_fallback
 
-ref = Path(sys.argv[1])
-out = sys.argv[2]
-qtype = gguf.GGMLQuantizationType[sys.argv[3]]
-options = ConvertOptions.from_args(recipe="Q4_K_M", allocate=True, seed=0)
-options = dataclasses.replace(options, device=resolve_device(options.device))
-source = open_source(ref, options)
-layout, _, _ = A._checked_budget(source, options)
-names = list(layout.candidates)
-importance = column_importance(source, options, ref)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sensitivity_common import allocation_inputs, encoding_errors, matmul_input, matmul_output  # noqa: E402
+import hqq2gguf.calibrate.sensitivity as S  # noqa: E402
+
+ref, out, qtype = Path(sys.argv[1]), sys.argv[2], gguf.GGMLQuantizationType[sys.argv[3]]
+options, source, names, importance = allocation_inputs(ref)
 t0 = time.time()
-DW = {}
-for name, data in source.tensors_named(set(names)):
-    rows = data.to(torch.float32).numpy()
-    t = shape_fallback(qtype, rows.shape[-1])
-    imp = importance.for_tensor(name, tuple(data.shape))
-    imp = None if imp is None else torch.from_numpy(imp[0])
-    packed = solve_rows(rows, t, options.solver, imp, options.device).packed
-    DW[name] = (ggml_ref.ggml_dequantize(t, packed.reshape(rows.shape[0], -1)) - rows).astype(np.float32)
+DW = encoding_errors(source, names, qtype, options, importance)
 print("encoded", len(DW), "in", time.time() - t0, file=sys.stderr)
 
-mode = {"m": "noise", "scale": None}
-orig_inject = S._Probe._inject
+mode = {"m": "noise"}
+_inject = S._Probe._inject
+
+
 def inject(self, t, name):
     if mode["m"] == "noise":
-        return orig_inject(self, t, name)
-    src1 = GgmlTensor.from_address(t.src[1])
-    x = ImatrixCollector._floats(self._fl, src1, t.src[1])
-    x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
-    n_out, n_tok = int(t.ne[0]), int(t.ne[1]) * int(t.ne[2]) * int(t.ne[3])
-    y = np.ctypeslib.as_array((ctypes.c_float * (n_out * n_tok)).from_address(t.data)).reshape(n_tok, n_out)
-    e = x @ DW[name].T
-    if mode["m"] == "real":
-        target = self.rho[name] * float(np.mean(np.square(y, dtype=np.float64))) * n_out * n_tok
-        c = math.sqrt(target / float(np.square(e, dtype=np.float64).sum()))
-    else:
-        c = 1.0
+        return _inject(self, t, name)
+    y = matmul_output(t)
+    e = matmul_input(t) @ DW[name].T
+    e_energy = float(np.square(e, dtype=np.float64).sum())
+    c = math.sqrt(self.rho[name] * float(np.mean(np.square(y, dtype=np.float64))) * y.size / e_energy) \
+        if mode["m"] == "real" else 1.0
     y += np.float32(c) * e
-    self.energy[name] = self.energy.get(name, 0.0) + c * c * float(np.square(e, dtype=np.float64).sum())
-    self.tokens[name] = self.tokens.get(name, 0) + n_tok
+    self.energy[name] = self.energy.get(name, 0.0) + c * c * e_energy
+    self.tokens[name] = self.tokens.get(name, 0) + y.shape[0]
+
+
 S._Probe._inject = inject
 text = S.SelfText(**{**S.PROBE_TEXT.__dict__, "seed": 0})
 res = []
 with S._Probe(ref, text, set(names), None, S.probe_sequences(importance.sequences, text)) as p:
-    p._fl = ImatrixCollector(min_rows=1)
     groups = S.probe_groups([n for n in names if n in p.outputs])
     for i, (g, members) in enumerate(groups.items()):
         r = {"group": g, "n": len(members)}
         for m in ("noise", "real", "full"):
             mode["m"] = m
             k, e = p.kld({n: S.RHO / len(members) for n in members}, seed=i)
-            r[m] = k
-            r[m + "_energy"] = sum(e.values())
-            r[m + "_e"] = e
+            r[m], r[m + "_energy"], r[m + "_e"] = k, sum(e.values()), e
         r["real/noise"] = r["real"] / r["noise"]
         r["full/linear"] = r["full"] / (r["noise"] / r["noise_energy"] * r["full_energy"])
         print(f"{g:32s} n={len(members):2d} noise {r['noise']:.3g} real {r['real']:.3g} ratio {r['real/noise']:.2f} "

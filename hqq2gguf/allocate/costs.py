@@ -123,6 +123,13 @@ def tensor_cost(data: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: So
 def _squared_error(rows: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
                    importance: np.ndarray | None, device: Device) -> np.ndarray:
     """(rows, ne0) float64 squared error of the conversion's encoding of ``rows`` as ``qtype``."""
+    return np.square(encoding_error(rows, qtype, config, importance, device))
+
+
+def encoding_error(rows: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
+                   importance: np.ndarray | None, device: Device) -> np.ndarray:
+    """(rows, ne0) float64: what ggml decodes from the conversion's encoding of ``rows`` as ``qtype``, less
+    ``rows``."""
     x = rows.numpy().astype(np.float64)
     if qtype in SOLVER_TYPES:
         packed = solve_rows(rows.numpy(), qtype, config, None if importance is None else torch.from_numpy(importance),
@@ -130,4 +137,4 @@ def _squared_error(rows: torch.Tensor, qtype: gguf.GGMLQuantizationType, config:
         values = ggml_ref.ggml_dequantize(qtype, packed.reshape(rows.shape[0], -1))
     else:  # F16 / BF16 / F32: gguf-py's reference encoding, as encode.reference_encode writes it
         values = gguf.quants.dequantize(gguf.quants.quantize(rows.numpy(), qtype), qtype)
-    return np.square(x - values.astype(np.float64))
+    return values.astype(np.float64) - x
