@@ -15,7 +15,9 @@ fixed rules), for ``--target-size``, ``--target-bpw`` and ``--type RECIPE --allo
    own type, F16) with bytes and predicted cost: the KLD it adds, its squared output error measured by the
    solver on sampled rows times the matrix's sensitivity measured on the model's own text (:mod:`.costs`,
    :mod:`hqq2gguf.calibrate.sensitivity`). Without sensitivities the cost on SmolLM2-135M at Q4_K_M's bytes
-   measured 1.11x the recipe types' KLD; with them 0.75x;
+   measured 1.11x the recipe types' KLD; with them 0.75x. Only a window of each matrix's candidates around its
+   recipe type is costed, widened while the choice could move past it (:mod:`.windows`): the whole ladder's
+   choice for about 0.6x the costing time;
 3. the cheapest mix that fits is chosen (:mod:`.choose`).
 
 Budgets count the tensor data as it lies in the file (each tensor padded to the data alignment); the file
@@ -24,21 +26,23 @@ adds its header and metadata. A budget outside what the candidates can reach is 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 
-from hqq2gguf.allocate.choose import Option, TensorOptions, choose
+from hqq2gguf.allocate.choose import Option, TensorOptions, choose, feasible_range
 from hqq2gguf.allocate.costs import SAMPLED_ROWS, candidate_types, file_bytes, measure_costs
 from hqq2gguf.allocate.result import (
     Allocation, Choice, format_table, llama_quantize_args, provenance_nbytes,
 )
+from hqq2gguf.allocate.windows import Windows
 from hqq2gguf.calibrate import Importance, Sensitivity, measure_sensitivity
 from hqq2gguf.errors import OptionError
 from hqq2gguf.options import ConvertOptions
@@ -75,8 +79,8 @@ def allocate(source: Source, options: ConvertOptions, importance: Importance,
              runnable: Path | None = None) -> Allocation | None:
     """The allocation ``options`` ask for (None when they ask for none). The budget is checked against the
     feasible range before any tensor is read; then the candidates' sensitivities are measured on ``runnable``
-    (a GGUF of the source llama.cpp runs; without one, every error costs the same) and every candidate tensor
-    is read once, one at a time."""
+    (a GGUF of the source llama.cpp runs; without one, every error costs the same) and the candidates of each
+    matrix's window costed, the tensors read one at a time, again in each round that widens their windows."""
     if not options.allocating:
         return None
     start = time.perf_counter()
@@ -86,15 +90,50 @@ def allocate(source: Source, options: ConvertOptions, importance: Importance,
     sensitivity = (Sensitivity() if runnable is None else
                    measure_sensitivity(runnable, list(layout.candidates), seed=options.seed or 0,
                                        written=importance.sequences))
-    tables = measure_costs(source, layout.candidates, importance, options.solver, sensitivity, options.device)
-    measured = _Measured(tables, sensitivity.record, start)
-    if options.allocate:  # the file must stay within the recipe's: its own metadata comes out of the budget
-        allocation = _within_recipe_file(target, budget, measured, layout)
-    else:
-        allocation = _allocation(target, budget, measured, layout)
-    logger.info("allocation: %d tensors typed in %.1f s, tensor data %s of %s bytes", len(allocation.choices),
-                allocation.seconds, f"{allocation.nbytes:,}", f"{allocation.budget:,}")
+
+    def measure(wanted: Mapping[str, tuple[gguf.GGMLQuantizationType, ...]]) -> list[TensorOptions]:
+        return measure_costs(source, wanted, importance, options.solver, sensitivity, options.device)
+
+    allocation, costs = choose_in_windows(layout, target, budget, options.allocate, measure, sensitivity.record,
+                                          start)
+    n_measured, n_ladder = sum(map(len, costs.values())), sum(map(len, layout.candidates.values()))
+    logger.info("allocation: %d tensors typed in %.1f s (%d of the ladders' %d candidates measured), tensor data %s "
+                "of %s bytes", len(allocation.choices), allocation.seconds, n_measured, n_ladder,
+                f"{allocation.nbytes:,}", f"{allocation.budget:,}")
     return allocation
+
+
+def choose_in_windows(layout: _Layout, target: str, budget: int, within_recipe_file: bool,
+                      measure: Callable[[Mapping[str, tuple[gguf.GGMLQuantizationType, ...]]], list[TensorOptions]],
+                      record: Mapping[str, object], start: float
+                      ) -> tuple[Allocation, dict[str, dict[gguf.GGMLQuantizationType, Option]]]:
+    """The allocation from each matrix's window of candidates, widened until it is the whole ladder's
+    (:mod:`.windows`), and every candidate measured: ``measure(name -> types)`` gives their options.
+    ``within_recipe_file``: the file must stay within the recipe's (``--allocate``)."""
+    windows = _windows(layout, budget)
+    costs: dict[str, dict[gguf.GGMLQuantizationType, Option]] = {}
+    for round_ in itertools.count(1):
+        wanted = windows.unmeasured(costs)
+        logger.info("allocation: round %d, measuring %d candidates of %d tensors", round_,
+                    sum(map(len, wanted.values())), len(wanted))
+        for t in measure(wanted):
+            costs.setdefault(t.name, {}).update((o.qtype, o) for o in t.options)
+        tables = windows.tables(costs)
+        recipe = {n: costs[n][layout.recipe[n].out_type] for n in layout.candidates}
+        measured = _Measured(tables, recipe, record, start)
+        try:
+            if within_recipe_file:  # its own metadata comes out of the budget
+                allocation = _within_recipe_file(target, budget, measured, layout)
+            else:
+                allocation = _allocation(target, budget, measured, layout)
+        except _TooNarrow:
+            if windows.widen_down():
+                continue
+            raise OptionError(f"{target}: no mix of the candidates fits (internal error)") from None
+        chosen = {c.name: Option(c.qtype, c.nbytes, c.cost) for c in allocation.choices}
+        if not windows.widen(chosen, tables, allocation.budget - allocation.nbytes):
+            return allocation, costs
+    raise AssertionError("unreachable")
 
 
 def check_budget(source: Source, options: ConvertOptions) -> None:
@@ -168,18 +207,33 @@ class _Measured:
     """Every candidate's bytes and cost, how the sensitivities were measured, and when allocating started."""
 
     tables: list[TensorOptions]
+    recipe: Mapping[str, Option]
+    """Each tensor's option at its recipe type (measured though its window may not hold it)."""
     sensitivity: Mapping[str, object]
     start: float
 
 
+class _TooNarrow(Exception):
+    """The windows' smallest mix does not fit the budget (the whole ladder's does: checked before)."""
+
+
+def _windows(layout: _Layout, budget: int) -> Windows:
+    """Each allocated matrix's window of candidates, around its recipe type (:mod:`.windows`)."""
+    ladders = {n: sorted(((t, file_bytes(layout.recipe[n].shape, t)) for t in types), key=lambda x: (x[1], int(x[0])))
+               for n, types in layout.candidates.items()}
+    start = {n: layout.recipe[n].out_type for n in layout.candidates}
+    return Windows.around(ladders, start, budget - layout.fixed_bytes)
+
+
 def _allocation(target: str, budget: int, measured: _Measured, layout: _Layout) -> Allocation:
+    if budget - layout.fixed_bytes < feasible_range(measured.tables)[0]:
+        raise _TooNarrow
     chosen = choose(measured.tables, budget - layout.fixed_bytes)
     choices = []
     for t in measured.tables:
-        recipe_type = layout.recipe[t.name].out_type
-        recipe = next(o for o in t.options if o.qtype == recipe_type)
+        recipe = measured.recipe[t.name]
         pick: Option = chosen[t.name]
-        choices.append(Choice(t.name, pick.qtype, pick.nbytes, pick.cost, recipe_type, recipe.nbytes, recipe.cost))
+        choices.append(Choice(t.name, pick.qtype, pick.nbytes, pick.cost, recipe.qtype, recipe.nbytes, recipe.cost))
     return Allocation(target, budget, layout.fixed_bytes, tuple(choices), SAMPLED_ROWS,
                       time.perf_counter() - measured.start, measured.sensitivity)
 

@@ -43,7 +43,8 @@ Q = gguf.GGMLQuantizationType
 #: whole 256-blocks gets Q4_0 / Q5_0 / Q5_1 / Q8_0 instead, as llama-quantize gives it), plus F16 at the top.
 #: Tried and not kept: IQ4_XS between Q3_K and Q4_K, and Q4_1 for rows of 32-blocks (SmolLM2-135M, seed 0:
 #: Q4_K_M's bytes 0.0378 vs 0.0353, Q5_K_M's 0.0225 vs 0.0222; commit 1035da0).
-#: Every matrix chooses from the whole ladder. Tried and removed: a trust region, each matrix within one ladder step
+#: Every matrix chooses from the whole ladder (costed in windows that widen until the choice is the whole
+#: ladder's: :mod:`hqq2gguf.allocate.windows`). Tried and removed: a trust region, each matrix within one ladder step
 #: of the type a recipe gives it (commit 9b2d8de). It halved the cost stage but was no KLD gain on SmolLM2-135M
 #: and Qwen2.5-Coder-1.5B (0.95-1.06x of the whole ladder), and where a tied token embedding is a large share of
 #: the bytes it could not spend the budget: Q4_K_M's bytes, 40 wiki chunks, Gemma-3-270M 211.8 of 253.1 MB and mean
