@@ -1,6 +1,6 @@
 """Allocation's measuring settings on one model: probe text (sequences x tokens), sampled rows per cost, the
-probes' seed apart from the calibration's, and (EXP_CAL_ACT=1) the costs weighted by the calibration's activations
-instead of the probes'. One `--type RECIPE --allocate` conversion, then mean KLD on the wiki chunks; one JSON line
+probes' seed apart from the calibration's, (EXP_CAL_ACT=1) the costs weighted by the calibration's activations
+instead of the probes', and (EXP_ACT_CLIP=K) the costs' column weights clipped at K x their median. One `--type RECIPE --allocate` conversion, then mean KLD on the wiki chunks; one JSON line
 appended to benchmarks/results/allocation_settings_<model>.jsonl per run. It patches module constants: an
 experiment, not a product path.
 
@@ -44,6 +44,16 @@ if os.environ.get("EXP_CAL_ACT") == "1":  # costs weighted by the calibration's 
         sens = dataclasses.replace(sensitivity, activations=_Merged(importance, sensitivity.activations))
         return _mc(source, wanted, importance, config, sens)
     A.measure_costs = _measure_costs
+if os.environ.get("EXP_ACT_CLIP"):  # the costs' column weights clipped at K x their median (massive activations)
+    import numpy as _np
+    _clip = float(os.environ["EXP_ACT_CLIP"])
+    _tc = C.tensor_cost
+    def _tensor_cost(data, qtype, config, importance, activations=None, device=None):
+        if activations is not None:
+            med = _np.median(activations, axis=-1, keepdims=True)
+            activations = _np.minimum(activations, _clip * med)
+        return _tc(data, qtype, config, importance, activations, device)
+    C.tensor_cost = _tensor_cost
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DEFAULT_CORPUS, REPO  # noqa: E402
 text = DEFAULT_CORPUS.read_bytes()
@@ -56,7 +66,7 @@ t0 = time.perf_counter()
 convert(ref, ConvertOptions.from_args(recipe=recipe, output=dst, force=True, allocate=True, seed=seed))
 qs = time.perf_counter() - t0
 r = evaluate(dst, ref, text, n_ctx=512, n_chunks=chunks, n_threads=2, ref_cache=cache)
-row = {"cal_act": os.environ.get("EXP_CAL_ACT"), "sens_seed": sys.argv[9] if len(sys.argv) > 9 else None, "tag": tag, "recipe": recipe, "n_seq": n_seq, "n_tok": n_tok, "rows": rows, "seed": seed,
+row = {"cal_act": os.environ.get("EXP_CAL_ACT"), "act_clip": os.environ.get("EXP_ACT_CLIP"), "sens_seed": sys.argv[9] if len(sys.argv) > 9 else None, "tag": tag, "recipe": recipe, "n_seq": n_seq, "n_tok": n_tok, "rows": rows, "seed": seed,
        "bytes": dst.stat().st_size, "quant_s": qs, **r.to_dict()}
 NAMES = {"SmolLM2-135M": "smollm2", "Qwen2.5-Coder-1.5B": "qwen2.5-coder-1.5b", "Qwen2.5-Coder-0.5B": "qwen2.5-coder-0.5b",
          "gemma-3-270m": "gemma3-270m"}  # the names the other results files use
