@@ -7,6 +7,7 @@ arguments making the same mix in llama.cpp's own quantizer."""
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import random
 import shlex
@@ -20,7 +21,9 @@ from click.testing import CliRunner
 
 import tiny_models
 from hqq2gguf.allocate import Allocation, allocate
-from hqq2gguf.allocate.choose import Option, TensorOptions, choose, feasible_range, lower_hull, total
+from hqq2gguf.allocate.choose import (
+    KNAPSACK_UNITS, Option, TensorOptions, _knapsack, choose, feasible_range, lower_hull, total,
+)
 from hqq2gguf.allocate.costs import LADDER, candidate_types, sampled_rows
 from hqq2gguf.allocate.result import KEY, TENSORS_KEY, kv_nbytes
 from hqq2gguf.calibrate import Importance
@@ -94,6 +97,70 @@ def test_choice_fits_and_is_optimal_at_the_multiplier_breakpoints(seed: int) -> 
         budget = sum(min(t.options, key=lambda o: (o.nbytes if lam == float("inf") else o.cost + lam * o.nbytes,
                                                    o.nbytes)).nbytes for t in tables)
         assert total(choose(tables, budget))[1] <= _brute_force(tables, budget) + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_knapsack_is_the_optimum_when_bytes_are_whole_units(seed: int) -> None:
+    # budgets of a few hundred bytes: the knapsack counts single bytes and is exact at every budget
+    rng = random.Random(100 + seed)
+    tables = _random_tables(rng, 5)
+    low, high = feasible_range(tables)
+    for budget in range(low, high + 1, 7):
+        nbytes, cost = total(_knapsack(tables, budget - low))
+        assert nbytes <= budget
+        assert cost == pytest.approx(_brute_force(tables, budget), rel=1e-12, abs=1e-12)
+
+
+def test_knapsack_on_large_byte_counts_loses_at_most_one_unit_per_tensor() -> None:
+    # bytes in the millions: each option's bytes round up to units of budget / KNAPSACK_UNITS; whatever fits in
+    # the budget less one unit per tensor, the knapsack finds or beats, and what it picks fits the budget
+    rng = random.Random(7)
+    tables = [TensorOptions(t.name, tuple(Option(o.qtype, o.nbytes * 1_000_003, o.cost) for o in t.options))
+              for t in _random_tables(rng, 5)]
+    low, high = feasible_range(tables)
+    for budget in sorted(rng.randrange(low, high + 1) for _ in range(10)):
+        unit = -(-(budget - low) // KNAPSACK_UNITS)
+        nbytes, cost = total(_knapsack(tables, budget - low))
+        assert nbytes <= budget
+        assert cost <= _brute_force(tables, budget - len(tables) * unit) + 1e-12
+
+
+def _step_behind_small_ones(extra: int) -> tuple[list[TensorOptions], int]:
+    """A tied embedding's step (100 bytes saving 25: 0.25 per byte) behind ten small steps (10 bytes saving 3
+    each: 0.3 per byte), with ``extra`` bytes above the smallest mix: the Lagrangian order takes the small steps
+    first, and then the large one no longer fits."""
+    small = [_table(f"blk.{i}.w", [(10, 3.0), (20, 0.0)]) for i in range(10)]
+    tables = [_table("token_embd.weight", [(100, 25.0), (200, 0.0)]), *small]
+    return tables, feasible_range(tables)[0] + extra
+
+
+def test_choice_takes_a_large_step_the_multiplier_stops_before_where_it_predicts_far_less() -> None:
+    # 190 bytes: the Lagrangian answer costs 25 (ten small steps, 90 bytes unspent); the embedding's step and nine
+    # small ones cost 3, far under KNAPSACK_TRUST of it: taken
+    tables, budget = _step_behind_small_ones(190)
+    chosen = choose(tables, budget)
+    assert chosen["token_embd.weight"].nbytes == 200
+    assert total(chosen) == (budget, 3.0) == (budget, _brute_force(tables, budget))
+
+
+def test_choice_keeps_the_multiplier_answer_where_the_knapsack_predicts_only_a_little_less() -> None:
+    # 130 bytes: the optimum (the embedding's step and three small ones) costs 21 against the Lagrangian answer's
+    # 25, not under KNAPSACK_TRUST of it: a rearrangement the costs are not precise enough to trust
+    tables, budget = _step_behind_small_ones(130)
+    assert _brute_force(tables, budget) == 21.0
+    chosen = choose(tables, budget)
+    assert chosen["token_embd.weight"].nbytes == 100
+    assert total(chosen)[1] == 25.0
+
+
+@pytest.mark.parametrize("trust, expected", [(0.55, 25.0), (0.7, 15.0)])
+def test_knapsack_answer_is_taken_only_under_the_trusted_share(monkeypatch: pytest.MonkeyPatch, trust: float,
+                                                               expected: float) -> None:
+    # the linear bound (12.5) is under both shares of 25, so the knapsack is solved: its 15 is taken under 0.7 x 25
+    # and not under 0.55 x 25
+    monkeypatch.setattr(importlib.import_module("hqq2gguf.allocate.choose"), "KNAPSACK_TRUST", trust)
+    tables, budget = _step_behind_small_ones(150)
+    assert total(choose(tables, budget))[1] == expected
 
 
 def test_choice_is_deterministic_under_ties_and_input_order() -> None:
