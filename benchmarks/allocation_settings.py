@@ -1,6 +1,8 @@
 """Allocation's measuring settings on one model: probe text (sequences x tokens), sampled rows per cost, the
 probes' seed apart from the calibration's, (EXP_CAL_ACT=1) the costs weighted by the calibration's activations
-instead of the probes', and (EXP_ACT_CLIP=K) the costs' column weights clipped at K x their median. One `--type RECIPE --allocate` conversion, then mean KLD on the wiki chunks; one JSON line
+instead of the probes', (EXP_ACT_CLIP=K) the costs' column weights clipped at K x their median, (EXP_KNAPSACK_TRUST=X)
+the choice's knapsack trusted below X x the Lagrangian answer's predicted cost, (EXP_TARGET_SIZE=SIZE) --target-size
+SIZE instead of the recipe's bytes. One `--type RECIPE --allocate` conversion, then mean KLD on the wiki chunks; one JSON line
 appended to benchmarks/results/allocation_settings_<model>.jsonl per run. It patches module constants: an
 experiment, not a product path.
 
@@ -54,6 +56,10 @@ if os.environ.get("EXP_ACT_CLIP"):  # the costs' column weights clipped at K x t
             activations = _np.minimum(activations, _clip * med)
         return _tc(data, qtype, config, importance, activations, device)
     C.tensor_cost = _tensor_cost
+if os.environ.get("EXP_KNAPSACK_TRUST"):  # the knapsack's trusted share (0: never taken; 1: taken when cheaper)
+    import importlib
+    importlib.import_module("hqq2gguf.allocate.choose").KNAPSACK_TRUST = float(os.environ["EXP_KNAPSACK_TRUST"])
+target_size = os.environ.get("EXP_TARGET_SIZE")  # --target-size SIZE (from RECIPE's plan) instead of --allocate
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DEFAULT_CORPUS, REPO  # noqa: E402
 text = DEFAULT_CORPUS.read_bytes()
@@ -63,10 +69,12 @@ cache = work / f"{ref.stem}.c512.n{chunks}.logits"
 reference_cache(ref, text, cache, n_ctx=512, n_chunks=chunks, n_threads=2)
 dst = work / f"{ref.stem}.exp-{tag}.{recipe}.gguf"
 t0 = time.perf_counter()
-convert(ref, ConvertOptions.from_args(recipe=recipe, output=dst, force=True, allocate=True, seed=seed))
+convert(ref, ConvertOptions.from_args(recipe=recipe, output=dst, force=True, seed=seed,
+                                      **({"target_size": target_size} if target_size else {"allocate": True})))
 qs = time.perf_counter() - t0
 r = evaluate(dst, ref, text, n_ctx=512, n_chunks=chunks, n_threads=2, ref_cache=cache)
-row = {"cal_act": os.environ.get("EXP_CAL_ACT"), "act_clip": os.environ.get("EXP_ACT_CLIP"), "sens_seed": sys.argv[9] if len(sys.argv) > 9 else None, "tag": tag, "recipe": recipe, "n_seq": n_seq, "n_tok": n_tok, "rows": rows, "seed": seed,
+row = {"cal_act": os.environ.get("EXP_CAL_ACT"), "act_clip": os.environ.get("EXP_ACT_CLIP"),
+       "knapsack_trust": os.environ.get("EXP_KNAPSACK_TRUST"), "target_size": target_size, "sens_seed": sys.argv[9] if len(sys.argv) > 9 else None, "tag": tag, "recipe": recipe, "n_seq": n_seq, "n_tok": n_tok, "rows": rows, "seed": seed,
        "bytes": dst.stat().st_size, "quant_s": qs, **r.to_dict()}
 NAMES = {"SmolLM2-135M": "smollm2", "Qwen2.5-Coder-1.5B": "qwen2.5-coder-1.5b", "Qwen2.5-Coder-0.5B": "qwen2.5-coder-0.5b",
          "gemma-3-270m": "gemma3-270m"}  # the names the other results files use

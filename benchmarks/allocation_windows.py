@@ -2,7 +2,9 @@
 (every llama.cpp recipe's candidates, each costing timed), then at each recipe's bytes the allocation chosen
 from the whole ladder and the one the product makes in widening windows (hqq2gguf.allocate.choose_in_windows,
 here measuring from the costed tables). Same sensitivities for both (one measurement, seed 0); nothing is
-written but the results. One JSON line per budget appended to benchmarks/results/allocation_windows.jsonl.
+written but the results. Also the whole ladder's allocation by the Lagrangian answer alone (hqq2gguf.allocate.choose
+without its knapsack, as it chose before 2026-12-06), and the seconds the windows' choosing takes (its measuring
+here is a table lookup). One JSON line per budget appended to benchmarks/results/allocation_windows.jsonl.
 
     python benchmarks/allocation_windows.py /work/models/ref/Qwen2.5-Coder-1.5B-Instruct.dithered-s1234.F16.gguf \
         --name qwen2.5-coder-1.5b
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sensitivity_common import allocation_inputs  # noqa: E402
 
 import hqq2gguf.allocate as A  # noqa: E402
-from hqq2gguf.allocate.choose import Option, TensorOptions  # noqa: E402
+from hqq2gguf.allocate.choose import Option, TensorOptions, _lagrangian, _spend_leftover, feasible_range  # noqa: E402
 from hqq2gguf.allocate.costs import file_bytes, tensor_cost  # noqa: E402
 from hqq2gguf.calibrate import measure_sensitivity  # noqa: E402
 from hqq2gguf.options import ConvertOptions  # noqa: E402
@@ -72,7 +74,10 @@ def main(reference: Path, name: str, out_file: Path) -> None:
                 asked.extend((n, t) for n, types in w.items() for t in types)
                 return [TensorOptions(n, tuple(costs[n][t] for t in types)) for n, types in w.items()]
 
+            t0 = time.perf_counter()
             windowed, _ = A.choose_in_windows(layout, target, budget, True, measure, {}, 0.0)
+            choose_seconds = time.perf_counter() - t0
+            lagrangian = _lagrangian_only(target, budget, A._Measured(whole, recipe, {}, 0.0), layout)
             every = [(n, t) for n, types in layout.candidates.items() for t in types]
             differ = [c.name for c, r in zip(windowed.choices, reference_choice.choices) if c.qtype != r.qtype]
             row = {"name": name, "budget": budget_name, "reference": str(reference), "code": code_version(),
@@ -80,13 +85,33 @@ def main(reference: Path, name: str, out_file: Path) -> None:
                    "tensors": len(layout.candidates), "differing_types": len(differ), "differing": differ[:20],
                    "predicted_cost_windowed": windowed.cost, "predicted_cost_whole": reference_choice.cost,
                    "bytes_windowed": windowed.nbytes, "bytes_whole": reference_choice.nbytes,
+                   "predicted_cost_whole_lagrangian_only": lagrangian.cost, "bytes_whole_lagrangian_only":
+                   lagrangian.nbytes, "differing_types_lagrangian_only":
+                   sum(c.qtype != r.qtype for c, r in zip(lagrangian.choices, reference_choice.choices)),
+                   "choose_seconds_windowed": round(choose_seconds, 2),
                    "candidates_measured": len(set(asked)), "candidates_whole": len(every),
                    "cost_seconds_measured": round(sum(seconds[k] for k in set(asked)), 2),
                    "cost_seconds_whole": round(sum(seconds[k] for k in every), 2)}
             f.write(json.dumps(row) + "\n")
             click.echo(f"{name} {budget_name}: {len(differ)} of {len(layout.candidates)} types differ; measured "
                        f"{row['candidates_measured']} of {row['candidates_whole']} candidates, "
-                       f"{row['cost_seconds_measured']} of {row['cost_seconds_whole']} s of costing")
+                       f"{row['cost_seconds_measured']} of {row['cost_seconds_whole']} s of costing; predicted cost "
+                       f"{reference_choice.cost:.4g} (Lagrangian alone {lagrangian.cost:.4g})")
+
+
+def _lagrangian_only(target: str, budget: int, measured: A._Measured, layout: A._Layout) -> A.Allocation:
+    """The whole ladder's allocation as choose made it before the knapsack: the Lagrangian answer and the
+    greedy spending of what it leaves."""
+    def lagrangian(tables, budget):
+        chosen, _ = _lagrangian(tables, budget - feasible_range(tables)[0])
+        _spend_leftover(tables, chosen, budget)
+        return chosen
+
+    product, A.choose = A.choose, lagrangian
+    try:
+        return A._within_recipe_file(target, budget, measured, layout)
+    finally:
+        A.choose = product
 
 
 if __name__ == "__main__":
