@@ -13,6 +13,7 @@ here is a table lookup). One JSON line per budget appended to benchmarks/results
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import shlex
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sensitivity_common import allocation_inputs  # noqa: E402
 
 import hqq2gguf.allocate as A  # noqa: E402
-from hqq2gguf.allocate.choose import Option, TensorOptions, _lagrangian, _spend_leftover, feasible_range  # noqa: E402
+from hqq2gguf.allocate.choose import Option, TensorOptions  # noqa: E402
 from hqq2gguf.allocate.costs import file_bytes, tensor_cost  # noqa: E402
 from hqq2gguf.calibrate import measure_sensitivity  # noqa: E402
 from hqq2gguf.options import ConvertOptions  # noqa: E402
@@ -100,19 +101,14 @@ def main(reference: Path, name: str, out_file: Path) -> None:
 
 
 def _lagrangian_only(target: str, budget: int, measured: A._Measured, layout: A._Layout) -> A.Allocation:
-    """The whole ladder's allocation as choose made it before the knapsack: the Lagrangian answer and the
-    greedy spending of what it leaves."""
-    def lagrangian(tables, budget):
-        chosen, _ = _lagrangian(tables, budget - feasible_range(tables)[0])
-        _spend_leftover(tables, chosen, budget)
-        return chosen
-
-    product, A.choose = A.choose, lagrangian
+    """The whole ladder's allocation as choose made it before the knapsack: its trusted share at 0, so the
+    Lagrangian answer and the greedy spending of what it leaves."""
+    module = importlib.import_module("hqq2gguf.allocate.choose")
+    trust, module.KNAPSACK_TRUST = module.KNAPSACK_TRUST, 0.0
     try:
         return A._within_recipe_file(target, budget, measured, layout)
     finally:
-        A.choose = product
-
+        module.KNAPSACK_TRUST = trust
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 
     choice = choose(tables, budget)      # {name: Option}, sum of nbytes <= budget
 
-The Lagrangian answer; a knapsack's instead where that predicts well under its cost.
+The Lagrangian answer; a knapsack's instead where the knapsack predicts well under the Lagrangian's cost.
 
 - Lagrangian: per tensor, only the lower convex hull of its (bytes, cost) points can be a Lagrangian answer:
   minimizing ``sum(cost) + lam * sum(bytes)`` picks, for each tensor, the hull vertex where the upgrade to the
@@ -112,8 +112,8 @@ def _saving(a: Option, b: Option) -> float:
 
 
 def choose(tables: Sequence[TensorOptions], budget: int) -> dict[str, Option]:
-    """The option of every tensor: the Lagrangian answer that fits ``budget`` bytes, or the knapsack's where that is
-    cheaper, each completed by the greedy leftover upgrades.
+    """The option of every tensor: the Lagrangian answer that fits ``budget`` bytes, or the knapsack's where that
+    predicts under :data:`KNAPSACK_TRUST` x its cost, each completed by the greedy leftover upgrades.
 
     ``budget`` must be at least :func:`feasible_range`'s lower end (a ValueError otherwise: callers check)."""
     names = [t.name for t in tables]
@@ -164,14 +164,16 @@ def _knapsack(tables: Sequence[TensorOptions], extra: int) -> dict[str, Option]:
     ordered = sorted(tables, key=lambda t: t.name)
     if any(len(t.options) > 127 for t in ordered):
         raise ValueError("more than 127 candidate types for one tensor (internal error)")
+    # each tensor's options, fewest bytes first, with the units each takes above its smallest
+    weighted = []
+    for t in ordered:
+        options = sorted(t.options, key=lambda o: (o.order, o.cost))
+        weighted.append([(o, -(-(o.nbytes - options[0].nbytes) // unit)) for o in options])
     best = np.zeros(capacity + 1)  # least cost of the tensors so far within each capacity
     picks = np.empty((len(ordered), capacity + 1), dtype=np.int8)
-    for k, t in enumerate(ordered):
-        options = sorted(t.options, key=lambda o: (o.order, o.cost))
-        base = options[0].nbytes
+    for k, options in enumerate(weighted):
         new = np.full(capacity + 1, np.inf)
-        for i, o in enumerate(options):
-            w = -(-(o.nbytes - base) // unit)
+        for i, (o, w) in enumerate(options):
             if w > capacity:
                 continue
             candidate = np.full(capacity + 1, np.inf)
@@ -182,10 +184,9 @@ def _knapsack(tables: Sequence[TensorOptions], extra: int) -> dict[str, Option]:
         best = new
     chosen, left = {}, capacity
     for k in reversed(range(len(ordered))):
-        options = sorted(ordered[k].options, key=lambda o: (o.order, o.cost))
-        o = options[picks[k, left]]
+        o, w = weighted[k][picks[k, left]]
         chosen[ordered[k].name] = o
-        left -= -(-(o.nbytes - options[0].nbytes) // unit)
+        left -= w
     return {t.name: chosen[t.name] for t in tables}
 
 
