@@ -67,23 +67,26 @@ def convert(input_path: Path | str, options: ConvertOptions = ConvertOptions()) 
     if explicit is not None and not out_split(options):  # refused before calibration, not after it
         check_output_path(explicit, force=options.force)
     check_budget(source, options)  # an unreachable byte budget, too
-    with runnable_model(source, options, needed=options.calibrated or options.allocating) as runnable:
-        importance = column_importance(source, options, runnable)
-        allocation = allocate(source, options, importance, runnable)
-    plan = make_plan(source, options, allocation.types() if allocation is not None else None)
+    with contextlib.ExitStack() as held:  # the calibration's covariances (files) until the last tensor is encoded
+        with runnable_model(source, options, needed=options.calibrated or options.allocating) as runnable:
+            importance = column_importance(source, options, runnable)
+            held.callback(importance.covariances.close)
+            allocation = allocate(source, options, importance, runnable)
+        plan = make_plan(source, options, allocation.types() if allocation is not None else None)
 
-    out = GgufFile.start(source.arch, plan, split_max_tensors=options.split_max_tensors,
-                         split_max_size=options.split_max_size)
-    names = source.write_metadata(out.writer)
-    write_provenance(out.writer, source.kind, options, plan, importance.provenance,
-                     allocation.provenance() if allocation is not None else None)
-    path = output_path(input_path, options, names)
-    paths = out.paths(path)
-    for part in paths:
-        check_output_path(part, force=options.force)
-    out.write(path, _encoded(source, plan, options, importance), force=options.force)
-    seconds = time.perf_counter() - start
-    logger.info("wrote %s in %.1f s", paths[0] if len(paths) == 1 else f"{len(paths)} parts {paths[0]}...", seconds)
+        out = GgufFile.start(source.arch, plan, split_max_tensors=options.split_max_tensors,
+                             split_max_size=options.split_max_size)
+        names = source.write_metadata(out.writer)
+        write_provenance(out.writer, source.kind, options, plan, importance.provenance,
+                         allocation.provenance() if allocation is not None else None)
+        path = output_path(input_path, options, names)
+        paths = out.paths(path)
+        for part in paths:
+            check_output_path(part, force=options.force)
+        out.write(path, _encoded(source, plan, options, importance), force=options.force)
+        seconds = time.perf_counter() - start
+        logger.info("wrote %s in %.1f s", paths[0] if len(paths) == 1 else f"{len(paths)} parts {paths[0]}...",
+                    seconds)
     return ConvertResult(paths[0], len(plan.tensors), sum(p.stat().st_size for p in paths), seconds,
                          tuple(paths) if len(paths) > 1 else (), allocation)
 
@@ -130,7 +133,8 @@ def _encoded(source: Source, plan: Plan, options: ConvertOptions,
             while results:
                 name, tensor = results.pop(0)
                 out = next(planned)
-                yield name, encode_tensor(out, tensor, options, importance.for_tensor(name, out.shape))
+                yield name, encode_tensor(out, tensor, options, importance.for_tensor(name, out.shape),
+                                          importance.covariance_for(name, out.shape))
                 logger.debug("%-40s %-8s -> %-5s %s", name, str(tensor.dtype).removeprefix("torch."),
                              out.out_type.name, list(reversed(out.shape)))
                 del tensor  # nothing of this step survives into the next

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from hqq2gguf.errors import MEMORY_HINT, InputError, ResourceError
+from hqq2gguf.feedback import Feedback
 from hqq2gguf.optimize import SOLVER_TYPES, Encoded, SolverConfig, encode as solver_encode, llama_cpp_encoded
 from hqq2gguf.options import ConvertOptions, Device
 from hqq2gguf.plan import PlannedTensor
@@ -26,17 +27,19 @@ logger = logging.getLogger(__name__)
 
 
 def encode_tensor(out: PlannedTensor, tensor: torch.Tensor, options: ConvertOptions,
-                  importance: np.ndarray | None = None) -> np.ndarray:
+                  importance: np.ndarray | None = None, covariance: list[np.ndarray] | None = None) -> np.ndarray:
     """The bytes of ``out`` (F32/F16 as float arrays, the rest uint8), from ``tensor`` in numpy order.
 
-    ``importance``: None or (n_expert, ne0) column importance for the solver (one row per expert)."""
+    ``importance``: None or (n_expert, ne0) column importance for the solver (one row per expert);
+    ``covariance``: None or the input covariance of a 2-D tensor (diagonal blocks), for the error feedback."""
     if tuple(tensor.shape) != out.shape:
         raise InputError(f"shape {tuple(tensor.shape)} differs from the planned {out.shape} (internal error)",
                          tensor=out.name)
     array = tensor.contiguous().numpy()
     try:
         if options.recipe is not None and out.out_type in SOLVER_TYPES:
-            encoded = solve_tensor(out.name, array, out.out_type, options.solver, importance, options.device)
+            encoded = solve_tensor(out.name, array, out.out_type, options.solver, importance, options.device,
+                                   covariance)
         else:
             encoded = reference_encode(out.name, array, out.out_type)
     except MemoryError as e:
@@ -58,13 +61,22 @@ def reference_encode(name: str, data: np.ndarray, out_type: gguf.GGMLQuantizatio
 
 
 def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
-                 importance: np.ndarray | None = None, device: Device = Device.TORCH) -> np.ndarray:
+                 importance: np.ndarray | None = None, device: Device = Device.TORCH,
+                 covariance: list[np.ndarray] | None = None) -> np.ndarray:
     """HQQ-optimized blocks of ``array`` (numpy order, last axis blocked) as uint8 bytes; logs the error.
 
     ``device`` (resolved): CPU (the kernels compiled for the CPU), CUDA (the kernels on the GPU) or TORCH (the
     torch solver); TQ1_0/TQ2_0 have no GPU kernel: under CUDA they are solved by torch.
-    A 3-D tensor's experts are solved one at a time, each with its own importance row."""
+    A 3-D tensor's experts are solved one at a time, each with its own importance row. With ``covariance`` (a
+    2-D tensor's input covariance) each row's blocks are solved left to right with error feedback
+    (:mod:`hqq2gguf.feedback`)."""
     start = time.perf_counter()
+    if covariance is not None and array.ndim == 2:
+        done = solve_with_feedback(array, qtype, config, importance, device, Feedback.of(covariance))
+        logger.info("%-32s %-6s rel.err %.4f  output rel.err %.4f (error feedback)  %.1f s", name, qtype.name,
+                    (done.sq_error / max(done.sq_norm, 1e-300)) ** 0.5,
+                    (done.objective / max(done.baseline_objective, 1e-300)) ** 0.5, time.perf_counter() - start)
+        return done.packed
     n_expert = array.shape[0] if array.ndim == 3 else 1
     experts = array.reshape(n_expert, -1, array.shape[-1])
     done = Encoded.join([solve_rows(experts[e], qtype, config,  # to float32 per row part, on the workers
@@ -75,6 +87,18 @@ def solve_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType,
                 done.objective / max(done.baseline_objective, 1e-300),
                 "" if importance is None else " (importance-weighted)", time.perf_counter() - start)
     return done.packed.reshape(*array.shape[:-1], -1)
+
+
+def solve_with_feedback(rows: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
+                        importance: np.ndarray | None, device: Device, feedback: Feedback) -> Encoded:
+    """:func:`solve_rows` one block of columns at a time, with ``feedback`` between them (rows (rows, ne0)).
+    ``Encoded.objective`` / ``baseline_objective`` are the output's squared error and squared norm here."""
+    imp = None if importance is None else torch.from_numpy(np.ascontiguousarray(importance.reshape(-1)))
+
+    def block(part: np.ndarray, start: int, stop: int) -> Encoded:
+        return solve_rows(part, qtype, config, None if imp is None else imp[start:stop].contiguous(), device)
+
+    return feedback.solve(rows, qtype, gguf.GGML_QUANT_SIZES[qtype][0], block)
 
 
 def solve_rows(rows: np.ndarray, qtype: gguf.GGMLQuantizationType, config: SolverConfig,

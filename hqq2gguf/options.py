@@ -224,6 +224,9 @@ class ConvertOptions:
     allocate: bool = False
     """As ``target_size``, with the recipe's own bytes as the budget (``--type RECIPE --allocate``): the file is
     no larger than the recipe's."""
+    feedback: bool = True
+    """Error feedback across each row's blocks from the calibration text's input covariances
+    (:mod:`hqq2gguf.feedback`; ``--no-feedback`` turns it off). Only with calibration text (self or a file)."""
 
     def __post_init__(self) -> None:
         if self.recipe is None and (self.target_size is not None or self.target_bpw is not None):

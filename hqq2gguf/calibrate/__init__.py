@@ -18,14 +18,24 @@ from pathlib import Path
 import torch
 
 from hqq2gguf.calibrate.activations import SelfText, collect_activations
+from hqq2gguf.calibrate.covariance import Covariances, CovarianceSink
 from hqq2gguf.calibrate.imatrix import Importance, read_imatrix, write_imatrix
 from hqq2gguf.calibrate.sensitivity import Sensitivity, measure_sensitivity
 from hqq2gguf.calibrate.proxy import derived_importance, derived_inputs, needed_norms, norm_importance
 from hqq2gguf.errors import InputError
+from hqq2gguf.feedback import DAMP
 from hqq2gguf.options import ConvertOptions, ImportanceSource
 from hqq2gguf.sources import Source
 
 logger = logging.getLogger(__name__)
+
+#: Self-calibration sequences (of 64 tokens) when the error feedback is on, instead of 16: with 1,024 tokens the
+#: covariances overfit the text (SmolLM2-135M at Q5_K_M's types: mean KLD 0.0246 against 0.0234 without the
+#: feedback), with 8,087 they did not (0.0210); the importance alone is the same with either (0.0235).
+FEEDBACK_SEQUENCES = 128
+
+#: Less calibration text than this (tokens, e.g. a short file of the user's) and the feedback is left off.
+FEEDBACK_MIN_TOKENS = 4096
 
 __all__ = ["Importance", "ImportanceSource", "SelfText", "Sensitivity", "measure_sensitivity", "calibration_source", "collect_activations",
            "column_importance", "derived_importance", "norm_importance", "read_imatrix", "write_imatrix"]
@@ -70,15 +80,31 @@ def column_importance(source: Source, options: ConvertOptions, runnable: Path | 
 
 
 def calibration_source(options: ConvertOptions) -> SelfText | Path:
-    """What the model reads: its own text (seeded by ``--seed``) or the user's file."""
+    """What the model reads: its own text (seeded by ``--seed``; more of it for the error feedback) or the
+    user's file."""
     if isinstance(options.calibration, Path):
         return options.calibration
-    return SelfText(seed=options.seed if options.seed is not None else 0)
+    return SelfText(n_sequences=FEEDBACK_SEQUENCES if options.feedback else SelfText.n_sequences,
+                    seed=options.seed if options.seed is not None else 0)
 
 
 def _from_text(runnable: Path, options: ConvertOptions) -> Importance:
     source = calibration_source(options)
-    stats, text = collect_activations(runnable, source)
+    sink = CovarianceSink() if options.feedback else None
+    try:
+        stats, text = collect_activations(runnable, source, covariance=sink)
+    except BaseException:
+        if sink is not None:
+            sink.close()
+        raise
+    covariances = Covariances()
+    if sink is not None and text.tokens < FEEDBACK_MIN_TOKENS:
+        logger.info("error feedback: off, %d tokens of calibration text (it needs %d)", text.tokens,
+                    FEEDBACK_MIN_TOKENS)
+        sink.close()
+    elif sink is not None:
+        covariances = sink.finish()
+        logger.info("error feedback: %d input covariances from %d tokens", len(covariances), text.tokens)
     if options.save_calibration is not None:
         options.save_calibration.write_text(text.text, encoding="utf-8")
         logger.info("calibration text saved to %s", options.save_calibration)
@@ -87,4 +113,6 @@ def _from_text(runnable: Path, options: ConvertOptions) -> Importance:
                                  "tokens": text.tokens, "text_sha256": text.sha256}
     if isinstance(source, SelfText):
         record |= source.provenance()
-    return Importance(stats.means(), f"{kind} calibration", record, text.sequences)
+    if len(covariances):
+        record["feedback"] = {"damp": DAMP, "tokens": text.tokens}
+    return Importance(stats.means(), f"{kind} calibration", record, text.sequences, covariances)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hqq2gguf.calibrate.collect import ImatrixCollector, ImatrixStats
+from hqq2gguf.calibrate.covariance import CovarianceSink
 from hqq2gguf.calibrate.llama_run import LlamaRunner
 from hqq2gguf.errors import InputError
 from hqq2gguf.progress import Progress
@@ -76,12 +77,14 @@ class CalibrationText:
 
 
 def collect_activations(model: Path, source: SelfText | Path, *, chunk: int = 512, threads: int | None = None,
-                        process_output: bool = False) -> tuple[ImatrixStats, CalibrationText]:
+                        process_output: bool = False,
+                        covariance: CovarianceSink | None = None) -> tuple[ImatrixStats, CalibrationText]:
     """llama-imatrix's statistics of ``model`` (a GGUF llama.cpp can run) over ``source``'s text: the model's own,
-    watched while it writes, or a file's, read in chunks of ``chunk`` tokens."""
+    watched while it writes, or a file's, read in chunks of ``chunk`` tokens. ``covariance``: also every 2-D
+    matrix's input rows, added there."""
     if isinstance(source, SelfText):
-        return _while_writing(model, source, threads, process_output)
-    collector = ImatrixCollector(process_output=process_output)
+        return _while_writing(model, source, threads, process_output, covariance)
+    collector = ImatrixCollector(process_output=process_output, covariance=covariance)
     with LlamaRunner(model, n_ctx=chunk, n_batch=max(chunk, 512), threads=threads,
                      eval_callback=collector.callback) as llm:
         collector.active = False
@@ -101,9 +104,9 @@ def collect_activations(model: Path, source: SelfText | Path, *, chunk: int = 51
     return stats, CalibrationText(text, len(chunks), chunk, len(chunks) * chunk)
 
 
-def _while_writing(model: Path, cfg: SelfText, threads: int | None,
-                   process_output: bool) -> tuple[ImatrixStats, CalibrationText]:
-    collector = ImatrixCollector(process_output=process_output, min_rows=1)
+def _while_writing(model: Path, cfg: SelfText, threads: int | None, process_output: bool,
+                   covariance: CovarianceSink | None) -> tuple[ImatrixStats, CalibrationText]:
+    collector = ImatrixCollector(process_output=process_output, min_rows=1, covariance=covariance)
     with LlamaRunner(model, n_ctx=cfg.n_tokens + 8, n_seq=cfg.batch, threads=threads,
                      eval_callback=collector.callback) as llm:
         t0 = time.perf_counter()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hqq2gguf.calibrate.covariance import CovarianceSink
 from hqq2gguf.calibrate.imatrix import mean_squares
 from hqq2gguf.errors import UnsupportedError
 
@@ -152,11 +153,13 @@ class ImatrixStats:
 class ImatrixCollector:
     """The eval callback (:attr:`callback`, a ctypes function to keep alive while the context lives)."""
 
-    def __init__(self, *, process_output: bool = False, min_rows: int = MIN_ROWS) -> None:
+    def __init__(self, *, process_output: bool = False, min_rows: int = MIN_ROWS,
+                 covariance: CovarianceSink | None = None) -> None:
         from llama_cpp import ggml_backend_sched_eval_callback
 
         self.process_output = process_output
         self.min_rows = min_rows  # smaller batches are ignored (llama-imatrix: 16, to skip generation steps)
+        self.covariance = covariance  # also every 2-D matrix's input rows, for their covariances
         self.active = True  # False: watch nothing (e.g. while the same context generates text)
         self.stats = ImatrixStats()
         self.error: BaseException | None = None
@@ -204,6 +207,8 @@ class ImatrixCollector:
         counts += x.shape[0] * x.shape[1] * x.shape[2] // (n2 * n3)
         if not np.isfinite(sums).all():
             raise ValueError(f"non-finite activations reach {name}")
+        if self.covariance is not None and n2 * n3 == 1:
+            self.covariance.add(name, x.reshape(-1, x.shape[-1]))
 
     def _collect_experts(self, name: str, x: np.ndarray, ids: np.ndarray, n_as: int) -> None:
         """``x`` (1, n_tokens, ne1, ne0), ``ids`` (n_tokens, n_ids): row ``idx % ne1`` of each token feeds

@@ -19,6 +19,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from hqq2gguf.calibrate.covariance import Covariances
 from hqq2gguf.errors import InputError
 from hqq2gguf.read.gguf_reader import GgufReader
 
@@ -36,6 +37,8 @@ class Importance:
     sequences: tuple[tuple[int, ...], ...] = ()
     """The token sequences the model wrote for it (self-calibration only): the sensitivity probes read their
     beginnings instead of writing text of their own."""
+    covariances: Covariances = field(default_factory=Covariances)
+    """The matrices' input covariances on the same text, for the error feedback (empty: none collected)."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -54,6 +57,10 @@ class Importance:
                              f"({n_expert} x {ne0}): the imatrix was made for another model", file=self.origin,
                              tensor=name)
         return v.reshape(n_expert, ne0)
+
+    def covariance_for(self, name: str, shape: tuple[int, ...]) -> list[np.ndarray] | None:
+        """The input covariance of 2-D tensor ``name`` (its diagonal blocks, :mod:`.covariance`), or None."""
+        return self.covariances.for_tensor(name, shape[-1]) if len(shape) == 2 else None
 
 
 def read_imatrix(path: Path) -> Importance:

@@ -1,0 +1,181 @@
+"""Error feedback (hqq2gguf.feedback) and the covariances it reads (hqq2gguf.calibrate.covariance)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+import hqq2gguf.calibrate.covariance as cov_mod
+from hqq2gguf.calibrate import FEEDBACK_MIN_TOKENS, FEEDBACK_SEQUENCES, SelfText
+from hqq2gguf.calibrate.covariance import CovarianceSink, windows
+from hqq2gguf.encode import solve_rows, solve_with_feedback
+from hqq2gguf.convert import convert
+from hqq2gguf.feedback import DAMP, Feedback, decode
+from hqq2gguf.optimize import SolverConfig
+from hqq2gguf.options import ConvertOptions, Device
+from hqq2gguf.runtime.validate import builtin_corpus
+
+Q = gguf.GGMLQuantizationType
+CONFIG = SolverConfig()
+
+
+def correlated(n: int, d: int, seed: int, sample: int = 0) -> np.ndarray:
+    """Activation rows whose columns are correlated (as a model's are): the correlation drawn by ``seed``, the
+    rows by ``sample``."""
+    mix = np.random.default_rng(seed).standard_normal((d, d)) * 0.3 + np.eye(d)
+    return np.random.default_rng([seed, sample]).standard_normal((n, d)) @ mix
+
+
+def output_error(w: np.ndarray, packed: np.ndarray, qtype: gguf.GGMLQuantizationType, x: np.ndarray) -> float:
+    return float(np.linalg.norm((decode(packed, qtype) - w) @ x.T) / np.linalg.norm(w @ x.T))
+
+
+def plain(w: np.ndarray, qtype: gguf.GGMLQuantizationType, imp: np.ndarray) -> np.ndarray:
+    return solve_rows(w, qtype, CONFIG, torch.from_numpy(imp), Device.TORCH).packed
+
+
+@pytest.mark.parametrize("qtype", [Q.Q5_0, Q.Q4_K], ids=lambda t: t.name)
+def test_feedback_lowers_the_output_error_on_held_out_text(qtype: gguf.GGMLQuantizationType) -> None:
+    d = 1024
+    x, held_out = correlated(4096, d, 0), correlated(4096, d, 0, sample=1)
+    w = np.random.default_rng(2).standard_normal((64, d)).astype(np.float32)
+    imp = (x ** 2).mean(0).astype(np.float32)
+    fb = Feedback.of([x.T @ x / len(x)])
+    done = solve_with_feedback(w, qtype, CONFIG, imp[None], Device.TORCH, fb)
+    base = plain(w, qtype, imp)
+    assert output_error(w, done.packed, qtype, held_out) < 0.85 * output_error(w, base, qtype, held_out)
+    # its own report: output error and norm on the covariance it was given
+    assert done.objective == pytest.approx(fb.output_error(decode(done.packed, qtype) - w), rel=1e-6)
+    assert done.baseline_objective == pytest.approx(float(((w @ fb.covariances[0].numpy()) * w).sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("qtype, weighted", [(Q.Q4_K, True), (Q.Q5_1, False)], ids=["Q4_K", "Q5_1"])
+def test_uncorrelated_columns_feed_nothing_forward(qtype: gguf.GGMLQuantizationType, weighted: bool) -> None:
+    """A diagonal covariance: every block is solved as without feedback, byte for byte. (Weighted 32-blocks are
+    not: llama.cpp's weights floor each element by the mean square of the row, here of the block solved.)"""
+    d = 256
+    w = np.random.default_rng(3).standard_normal((40, d)).astype(np.float32)
+    imp = np.linspace(0.5, 2.0, d).astype(np.float32)
+    done = solve_with_feedback(w, qtype, CONFIG, imp[None] if weighted else None, Device.TORCH,
+                               Feedback.of([np.diag(imp)]))
+    expected = solve_rows(w, qtype, CONFIG, torch.from_numpy(imp) if weighted else None, Device.TORCH).packed
+    assert np.array_equal(done.packed, expected)
+
+
+def test_rows_are_independent() -> None:
+    """A sampled row gets the very blocks it gets in the file (what the allocation's costs rely on)."""
+    d = 256
+    x = correlated(2048, d, 4)
+    w = np.random.default_rng(5).standard_normal((30, d)).astype(np.float32)
+    fb = Feedback.of([x.T @ x / len(x)])
+    full = solve_with_feedback(w, Q.Q4_K, CONFIG, None, Device.TORCH, fb).packed
+    picked = [3, 17, 29]
+    part = solve_with_feedback(w[picked], Q.Q4_K, CONFIG, None, Device.TORCH, fb).packed
+    assert np.array_equal(part, full[picked])
+
+
+def test_windows_keep_the_feedback_within_them() -> None:
+    """A block-diagonal covariance given whole and given as its blocks: the same bytes."""
+    x1, x2 = correlated(2048, 256, 6), correlated(2048, 256, 7)
+    h1, h2 = x1.T @ x1 / 2048, x2.T @ x2 / 2048
+    whole = np.zeros((512, 512))
+    whole[:256, :256], whole[256:, 256:] = h1, h2
+    w = np.random.default_rng(8).standard_normal((20, 512)).astype(np.float32)
+    a = solve_with_feedback(w, Q.Q5_0, CONFIG, None, Device.TORCH, Feedback.of([whole])).packed
+    b = solve_with_feedback(w, Q.Q5_0, CONFIG, None, Device.TORCH, Feedback.of([h1, h2])).packed
+    assert np.array_equal(a, b)
+
+
+def test_columns_the_text_never_reached_do_not_break_it() -> None:
+    d = 64
+    x = correlated(512, d, 9)
+    x[:, 5] = 0.0
+    x[:, 40] = 0.0
+    w = np.random.default_rng(10).standard_normal((8, d)).astype(np.float32)
+    done = solve_with_feedback(w, Q.Q8_0, CONFIG, None, Device.TORCH, Feedback.of([x.T @ x / len(x)]))
+    assert np.isfinite(decode(done.packed, Q.Q8_0)).all()
+    assert np.abs(decode(done.packed, Q.Q8_0) - w).max() < 0.1
+
+
+def test_mismatched_covariance_is_refused() -> None:
+    fb = Feedback.of([np.eye(64)])
+    with pytest.raises(ValueError, match="do not fit"):
+        fb.solve(np.zeros((2, 128), np.float32), Q.Q8_0, 32, lambda part, a, b: None)
+
+
+def test_sink_keeps_each_windows_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows added in uneven batches, flushed in between: each diagonal block is the mean x^T x of its columns."""
+    monkeypatch.setattr(cov_mod, "FLUSH_ROWS", 7)
+    monkeypatch.setattr(cov_mod, "WINDOW", 64)
+    assert windows(160) == [(0, 64), (64, 128), (128, 160)]
+    x = correlated(50, 160, 11).astype(np.float32)
+    y = correlated(9, 32, 12).astype(np.float32)
+    sink = CovarianceSink()
+    try:
+        for start in range(0, 50, 3):
+            sink.add("blk.0.ffn_down.weight", x[start:start + 3])
+        sink.add("blk.0.attn_q.weight", y)
+        covs = sink.finish()
+        blocks = covs.for_tensor("blk.0.ffn_down.weight", 160)
+        assert [b.shape for b in blocks] == [(64, 64), (64, 64), (32, 32)]
+        for (a, b), got in zip(windows(160), blocks):
+            xw = x[:, a:b].astype(np.float64)
+            np.testing.assert_allclose(got, xw.T @ xw / 50, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(covs.for_tensor("blk.0.attn_q.weight", 32)[0],
+                                   y.astype(np.float64).T @ y / 9, rtol=1e-5, atol=1e-5)
+        assert covs.for_tensor("blk.0.attn_q.weight", 64) is None  # another shape: not this tensor's
+        assert covs.for_tensor("blk.1.attn_q.weight", 32) is None
+        where = sink._dir
+        assert any(where.iterdir())
+    finally:
+        covs.close()
+    assert not where.exists()
+
+
+def _provenance(path: Path) -> dict:
+    return json.loads(gguf.GGUFReader(path).fields["hqq2gguf.options"].contents())
+
+
+def test_calibrated_conversion_feeds_errors_forward_and_cleans_up(tiny_model_dir: Callable[[str], Path],
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Self-calibration writes the longer text, the file records the feedback, --no-feedback is the plain solve
+    of the shorter text, and no covariance file outlives the conversion."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    model = tiny_model_dir("llama2")
+    runs = {}
+    for tag, feedback in (("on", True), ("off", False)):
+        runs[tag] = convert(model, ConvertOptions.from_args(recipe="Q4_0", calibration="self", feedback=feedback,
+                                                            output=tmp_path / f"{tag}.gguf")).path
+    on, off = _provenance(runs["on"])["calibration"], _provenance(runs["off"])["calibration"]
+    assert on["sequences"] == FEEDBACK_SEQUENCES and off["sequences"] == SelfText.n_sequences
+    assert on["feedback"] == {"damp": DAMP, "tokens": on["tokens"]} and on["tokens"] >= FEEDBACK_MIN_TOKENS
+    assert "feedback" not in off
+    assert runs["on"].read_bytes() != runs["off"].read_bytes()
+    assert not list(scratch.glob("hqq2gguf-covariance-*"))
+    again = convert(model, ConvertOptions.from_args(recipe="Q4_0", calibration="self",
+                                                    output=tmp_path / "again.gguf")).path
+    assert again.read_bytes() == runs["on"].read_bytes()  # deterministic
+
+
+def test_short_calibration_text_leaves_the_feedback_off(tiny_model_dir: Callable[[str], Path], tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    text = tmp_path / "short.txt"
+    corpus = builtin_corpus()
+    text.write_text(corpus[:len(corpus) // 3], encoding="utf-8")  # a few 512-token chunks
+    with caplog.at_level(logging.INFO, logger="hqq2gguf.calibrate"):
+        out = convert(tiny_model_dir("llama2"), ConvertOptions.from_args(recipe="Q4_0", calibration=str(text),
+                                                                         output=tmp_path / "m.gguf")).path
+    record = _provenance(out)["calibration"]
+    assert record["tokens"] < FEEDBACK_MIN_TOKENS and "feedback" not in record
+    assert f"error feedback: off, {record['tokens']} tokens of calibration text" in caplog.text
