@@ -12,11 +12,13 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 import hqq2gguf.calibrate.covariance as cov_mod
 from hqq2gguf.calibrate import FEEDBACK_MIN_TOKENS, FEEDBACK_SEQUENCES, SelfText
 from hqq2gguf.calibrate.covariance import CovarianceSink, windows
 from hqq2gguf.encode import solve_rows, solve_with_feedback
+from hqq2gguf.cli import main
 from hqq2gguf.convert import convert
 from hqq2gguf.feedback import DAMP, Feedback, decode
 from hqq2gguf.optimize import SolverConfig
@@ -179,3 +181,12 @@ def test_short_calibration_text_leaves_the_feedback_off(tiny_model_dir: Callable
     record = _provenance(out)["calibration"]
     assert record["tokens"] < FEEDBACK_MIN_TOKENS and "feedback" not in record
     assert f"error feedback: off, {record['tokens']} tokens of calibration text" in caplog.text
+
+
+def test_no_feedback_on_the_command_line(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    out = tmp_path / "m.gguf"
+    result = CliRunner().invoke(main, ["convert", str(tiny_model_dir("llama2")), "--type", "Q4_0", "--calibration",
+                                       "self", "--no-feedback", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    record = _provenance(out)["calibration"]
+    assert "feedback" not in record and record["sequences"] == SelfText.n_sequences

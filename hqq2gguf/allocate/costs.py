@@ -13,6 +13,13 @@ of that error (:mod:`hqq2gguf.calibrate.sensitivity`), both measured on the mode
 tokens; the self-calibration's ~1000 tokens instead gave no gain: SmolLM2-135M at Q4_K_M's bytes, seeds 0 / 1,
 mean KLD 0.0353 / 0.0382 with the probes', 0.0350 / 0.0385 with the calibration's). Without them
 (:class:`Sensitivity` empty) the cost is the plain squared error: what the tests of the choice itself use.
+
+The costs are the plain encoding's even where the file's blocks get the error feedback (:mod:`hqq2gguf.feedback`).
+Costed with the feedback instead (sampled rows solved as the file solves them, error weighed by the calibration
+text's covariance) the in-sample output error promises far more than the model feels — 2-10x less error energy
+for an 11 % lower KLD — and the mix it chose was worse than the recipe's types: SmolLM2-135M at Q5_K_M's bytes,
+mean KLD 0.02154 allocated against 0.02082 at the recipe's types, both with the feedback
+(benchmarks/results/allocation_smollm2-q5-costfeedback.md).
 """
 
 from __future__ import annotations
@@ -29,8 +36,7 @@ import torch
 from hqq2gguf.allocate.choose import Option, TensorOptions
 from hqq2gguf import ggml_ref
 from hqq2gguf.calibrate import Importance, Sensitivity
-from hqq2gguf.encode import solve_rows, solve_with_feedback
-from hqq2gguf.feedback import Feedback
+from hqq2gguf.encode import solve_rows
 from hqq2gguf.optimize import SOLVER_TYPES, SolverConfig
 from hqq2gguf.options import Device
 from hqq2gguf.recipes import shape_fallback
@@ -94,11 +100,8 @@ def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizati
         shape = tuple(data.shape)
         imp = importance.for_tensor(name, shape)
         act = sensitivity.activations.for_tensor(name, shape)
-        cov = importance.covariance_for(name, shape)
-        feedback = None if cov is None else Feedback.of(cov)
         gain = sensitivity.gain_of(name)
-        options = tuple(Option(t, file_bytes(shape, t),
-                               gain * tensor_cost(data, t, config, imp, act, device, feedback))
+        options = tuple(Option(t, file_bytes(shape, t), gain * tensor_cost(data, t, config, imp, act, device))
                         for t in wanted[name])
         tables.append(TensorOptions(name, options))
         logger.debug("%-32s costs %s (%.1f s)", name,
@@ -108,26 +111,13 @@ def measure_costs(source: Source, wanted: Mapping[str, tuple[gguf.GGMLQuantizati
 
 def tensor_cost(data: torch.Tensor, qtype: gguf.GGMLQuantizationType, config: SolverConfig,
                 importance: np.ndarray | None, activations: np.ndarray | None = None,
-                device: Device = Device.TORCH, feedback: Feedback | None = None) -> float:
+                device: Device = Device.TORCH) -> float:
     """The squared output error of ``data`` (numpy order; 3-D: experts first) as ``qtype``, from sampled rows:
-    solved with the solver's ``importance``, weighted by the columns' mean squared ``activations`` (1 without).
-
-    With ``feedback`` (a 2-D block type the file encodes with error feedback) the rows are solved as the file
-    solves them, and their error is weighed by the calibration text's covariance instead (the feedback lowers
-    the output error at the price of the columns' own), rescaled to ``activations``' mean: the unit the
-    sensitivity's gain was measured in."""
+    solved with the solver's ``importance``, weighted by the columns' mean squared ``activations`` (1 without)."""
     n_expert = data.shape[0] if data.ndim == 3 else 1
     experts = data.reshape(n_expert, -1, data.shape[-1])
     n_rows = experts.shape[1]
     picked = sampled_rows(n_rows)
-    if feedback is not None and n_expert == 1 and qtype in SOLVER_TYPES:
-        rows = experts[0][torch.from_numpy(picked)].to(torch.float32).numpy()
-        done = solve_with_feedback(rows, qtype, config, importance, device, feedback)
-        scale = 1.0
-        if activations is not None:
-            diag = np.concatenate([np.diagonal(h.numpy()) for h in feedback.covariances])
-            scale = float(activations[0].mean()) / max(float(diag.mean()), 1e-300)
-        return done.objective * scale * n_rows / len(picked)
     total = 0.0
     for e in range(n_expert):
         rows = experts[e][torch.from_numpy(picked)].to(torch.float32)
