@@ -165,7 +165,7 @@ def test_calibrated_conversion_feeds_errors_forward_and_cleans_up(tiny_model_dir
     assert "feedback" not in off
     assert runs["on"].read_bytes() != runs["off"].read_bytes()
     assert not list(scratch.glob("hqq2gguf-covariance-*"))
-    again = convert(model, ConvertOptions.from_args(recipe="Q4_0", calibration="self",
+    again = convert(model, ConvertOptions.from_args(recipe="Q4_0", calibration="self", feedback=True,
                                                     output=tmp_path / "again.gguf")).path
     assert again.read_bytes() == runs["on"].read_bytes()  # deterministic
 
@@ -177,16 +177,22 @@ def test_short_calibration_text_leaves_the_feedback_off(tiny_model_dir: Callable
     text.write_text(corpus[:len(corpus) // 3], encoding="utf-8")  # a few 512-token chunks
     with caplog.at_level(logging.INFO, logger="hqq2gguf.calibrate"):
         out = convert(tiny_model_dir("llama2"), ConvertOptions.from_args(recipe="Q4_0", calibration=str(text),
-                                                                         output=tmp_path / "m.gguf")).path
+                                                                         feedback=True, output=tmp_path / "m.gguf")).path
     record = _provenance(out)["calibration"]
     assert record["tokens"] < FEEDBACK_MIN_TOKENS and "feedback" not in record
     assert f"error feedback: off, {record['tokens']} tokens of calibration text" in caplog.text
 
 
-def test_no_feedback_on_the_command_line(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+@pytest.mark.default_calibration
+@pytest.mark.parametrize("args, on", [((), False), (("--feedback",), True), (("--no-feedback",), False)],
+                         ids=["default", "feedback", "no-feedback"])
+def test_feedback_on_the_command_line(tiny_model_dir: Callable[[str], Path], tmp_path: Path,
+                                      args: tuple[str, ...], on: bool) -> None:
+    """Off unless asked for (--feedback), with the default calibration."""
     out = tmp_path / "m.gguf"
-    result = CliRunner().invoke(main, ["convert", str(tiny_model_dir("llama2")), "--type", "Q4_0", "--calibration",
-                                       "self", "--no-feedback", "-o", str(out)])
+    result = CliRunner().invoke(main, ["convert", str(tiny_model_dir("llama2")), "--type", "Q4_K_M", *args,
+                                       "-o", str(out)])
     assert result.exit_code == 0, result.output
     record = _provenance(out)["calibration"]
-    assert "feedback" not in record and record["sequences"] == SelfText.n_sequences
+    assert ("feedback" in record) == on
+    assert record["sequences"] == (FEEDBACK_SEQUENCES if on else SelfText.n_sequences)
