@@ -67,8 +67,8 @@ class Feedback:
                              f"{ne0} solved {step} at a time")
         parts = []
         for r0 in range(0, rows.shape[0], ROW_PART):
-            original = np.asarray(rows[r0:r0 + ROW_PART], dtype=np.float32)
-            w = torch.from_numpy(original.astype(np.float64))
+            x = np.asarray(rows[r0:r0 + ROW_PART], dtype=np.float32).astype(np.float64)
+            w = torch.from_numpy(x.copy())
             packed = []
             w0 = 0
             for u in self.factors:
@@ -84,7 +84,6 @@ class Feedback:
                             u[c0:c1, c0:c1], u[c0:c1, c1:], upper=True)
                 w0 += width
             joined = np.concatenate(packed, axis=1)
-            x = original.astype(np.float64)
             error = decode(joined, qtype).astype(np.float64) - x
             parts.append(Encoded(joined, float(np.square(error).sum()), float(np.square(x).sum()),
                                  self.output_error(error), self.output_error(x)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ class CovarianceSink:
         for blocks in self._sums.values():
             for s in blocks:
                 s.flush()
-        return Covariances(self)
+        return Covariances(self._sums, self._counts, self.close)
 
     def close(self) -> None:
         self._sums.clear()
@@ -80,23 +81,20 @@ class CovarianceSink:
 
 class Covariances:
     """The collected covariances: :meth:`for_tensor` reads one matrix's diagonal blocks (float64 means of
-    ``x x^T``, in column order, :func:`windows`) or None."""
+    ``x x^T``, in column order, :func:`windows`) or None. ``close`` deletes their files."""
 
-    def __init__(self, sink: CovarianceSink | None = None) -> None:
-        self._sink = sink
+    def __init__(self, sums: Mapping[str, list[np.ndarray]] | None = None, counts: Mapping[str, int] | None = None,
+                 close: Callable[[], None] = lambda: None) -> None:
+        self._sums = sums or {}
+        self._counts = counts or {}
+        self.close = close
 
     def __len__(self) -> int:
-        return 0 if self._sink is None else len(self._sink._sums)
+        return len(self._sums)
 
     def for_tensor(self, name: str, ne0: int) -> list[np.ndarray] | None:
-        if self._sink is None or name not in self._sink._sums:
+        blocks = self._sums.get(name)
+        if blocks is None or [b.shape[0] for b in blocks] != [stop - start for start, stop in windows(ne0)]:
             return None
-        blocks = self._sink._sums[name]
-        if [b.shape[0] for b in blocks] != [stop - start for start, stop in windows(ne0)]:
-            return None
-        n = max(self._sink._counts[name], 1)
+        n = max(self._counts[name], 1)
         return [np.asarray(b, dtype=np.float64) / n for b in blocks]
-
-    def close(self) -> None:
-        if self._sink is not None:
-            self._sink.close()
