@@ -12,7 +12,8 @@ which the upper Cholesky factor ``U`` of ``H^-1`` gives without inverting anythi
 block's scales and codes are solved together). ``H`` is known only in diagonal blocks of columns
 (:data:`~hqq2gguf.calibrate.covariance.WINDOW`): the feedback stays within each. Rows are independent: a sampled
 row gets exactly the blocks it gets in the file. ``H`` is damped by :data:`DAMP` x its mean diagonal (the
-calibration text is a few thousand tokens; fewer than columns would leave ``H`` singular); a column the text
+calibration text is about a thousand tokens, not many more than the columns: undamped, ``H`` would fit the text's
+own quirks, or be singular); a column the text
 never reached is left alone. One difference from solving whole rows: llama.cpp's element weights of the 32-blocks
 (Q4_0 ... Q8_0, IQ4_NL) floor each element by the mean square of what is solved at once, here the block, not
 the row.
@@ -30,10 +31,14 @@ import torch
 from hqq2gguf import ggml_ref
 from hqq2gguf.optimize import Encoded
 
-#: Damping, a share of the covariance's mean diagonal added to it. SmolLM2-135M at Q5_K_M's types, 8k tokens of
-#: its own text, mean KLD (40 wiki chunks) 0.0216 / 0.0210 / 0.0207 with 0.01 / 0.1 / 0.3, 0.0235 without the
-#: feedback; 0.3 against 0.1: 0.987 +- 0.028 (chunk-paired), no difference to choose by.
-DAMP = 0.1
+#: Damping, a share of the covariance's mean diagonal added to it: strong, because the default calibration text
+#: (1,024 tokens) is short against the columns. Mean KLD (wiki chunks) with the self-calibration's 1,024 tokens,
+#: SmolLM2-135M at Q5_K_M's types: no feedback 0.0234; damping 0.1 / 0.3 / 1.0 / 3.0: 0.0246 / 0.0221 / 0.0214
+#: / 0.0220 (chosen on this model). With 1.0, against no feedback (chunk-paired +- 2 s.e.): SmolLM2 0.915 +- 0.026,
+#: Qwen2.5-Coder-0.5B Q4_K_M 0.902 +- 0.073, Gemma-3-270M Q4_K_M 0.781 +- 0.025, Qwen2.5-Coder-1.5B Q4_K_M (20 chunks)
+#: 0.999 +- 0.088 (benchmarks/results/feedback_pairs.md). With 8x the text and 0.1 SmolLM2 reached 0.889 and Qwen-0.5B
+#: 0.822, at 3-6x the conversion's time.
+DAMP = 1.0
 
 #: Rows solved at a time (memory: this many rows x ne0 in float64, twice).
 ROW_PART = 4096

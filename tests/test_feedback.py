@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner
 
 import hqq2gguf.calibrate.covariance as cov_mod
-from hqq2gguf.calibrate import FEEDBACK_MIN_TOKENS, FEEDBACK_SEQUENCES, SelfText
+import hqq2gguf.calibrate as calibrate
+from hqq2gguf.calibrate import FEEDBACK_MIN_TOKENS, SelfText
 from hqq2gguf.calibrate.covariance import CovarianceSink, windows
 from hqq2gguf.encode import solve_rows, solve_with_feedback
 from hqq2gguf.cli import main
@@ -53,7 +54,8 @@ def test_feedback_lowers_the_output_error_on_held_out_text(qtype: gguf.GGMLQuant
     fb = Feedback.of([x.T @ x / len(x)])
     done = solve_with_feedback(w, qtype, CONFIG, imp[None], Device.TORCH, fb)
     base = plain(w, qtype, imp)
-    assert output_error(w, done.packed, qtype, held_out) < 0.85 * output_error(w, base, qtype, held_out)
+    # at the product's damping (1.0; these ratios measured 0.85 / 0.88, with 0.1 0.77 / 0.83)
+    assert output_error(w, done.packed, qtype, held_out) < 0.92 * output_error(w, base, qtype, held_out)
     # its own report: output error and norm on the covariance it was given
     assert done.objective == pytest.approx(fb.output_error(decode(done.packed, qtype) - w), rel=1e-6)
     assert done.baseline_objective == pytest.approx(float(((w @ fb.covariances[0].numpy()) * w).sum()), rel=1e-6)
@@ -88,6 +90,7 @@ def test_windows_keep_the_feedback_within_them() -> None:
     """A block-diagonal covariance given whole and given as its blocks: the same bytes."""
     x1, x2 = correlated(2048, 256, 6), correlated(2048, 256, 7)
     h1, h2 = x1.T @ x1 / 2048, x2.T @ x2 / 2048
+    h2 *= np.trace(h1) / np.trace(h2)  # one mean diagonal: the same damping whole and in windows
     whole = np.zeros((512, 512))
     whole[:256, :256], whole[256:, 256:] = h1, h2
     w = np.random.default_rng(8).standard_normal((20, 512)).astype(np.float32)
@@ -149,8 +152,8 @@ def _provenance(path: Path) -> dict:
 def test_calibrated_conversion_feeds_errors_forward_and_cleans_up(tiny_model_dir: Callable[[str], Path],
                                                                    tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Self-calibration writes the longer text, the file records the feedback, --no-feedback is the plain solve
-    of the shorter text, and no covariance file outlives the conversion."""
+    """The same self-written text either way; the file records the feedback, --no-feedback is the plain solve,
+    and no covariance file outlives the conversion."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -160,7 +163,7 @@ def test_calibrated_conversion_feeds_errors_forward_and_cleans_up(tiny_model_dir
         runs[tag] = convert(model, ConvertOptions.from_args(recipe="Q4_0", calibration="self", feedback=feedback,
                                                             output=tmp_path / f"{tag}.gguf")).path
     on, off = _provenance(runs["on"])["calibration"], _provenance(runs["off"])["calibration"]
-    assert on["sequences"] == FEEDBACK_SEQUENCES and off["sequences"] == SelfText.n_sequences
+    assert on["sequences"] == off["sequences"] == SelfText.n_sequences and on["text_sha256"] == off["text_sha256"]
     assert on["feedback"] == {"damp": DAMP, "tokens": on["tokens"]} and on["tokens"] >= FEEDBACK_MIN_TOKENS
     assert "feedback" not in off
     assert runs["on"].read_bytes() != runs["off"].read_bytes()
@@ -171,28 +174,30 @@ def test_calibrated_conversion_feeds_errors_forward_and_cleans_up(tiny_model_dir
 
 
 def test_short_calibration_text_leaves_the_feedback_off(tiny_model_dir: Callable[[str], Path], tmp_path: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+                                                        caplog: pytest.LogCaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     text = tmp_path / "short.txt"
     corpus = builtin_corpus()
     text.write_text(corpus[:len(corpus) // 3], encoding="utf-8")  # a few 512-token chunks
+    monkeypatch.setattr(calibrate, "FEEDBACK_MIN_TOKENS", 100 * FEEDBACK_MIN_TOKENS)  # more than the file has
     with caplog.at_level(logging.INFO, logger="hqq2gguf.calibrate"):
         out = convert(tiny_model_dir("llama2"), ConvertOptions.from_args(recipe="Q4_0", calibration=str(text),
                                                                          feedback=True, output=tmp_path / "m.gguf")).path
     record = _provenance(out)["calibration"]
-    assert record["tokens"] < FEEDBACK_MIN_TOKENS and "feedback" not in record
+    assert record["tokens"] < calibrate.FEEDBACK_MIN_TOKENS and "feedback" not in record
     assert f"error feedback: off, {record['tokens']} tokens of calibration text" in caplog.text
 
 
 @pytest.mark.default_calibration
-@pytest.mark.parametrize("args, on", [((), False), (("--feedback",), True), (("--no-feedback",), False)],
+@pytest.mark.parametrize("args, on", [((), True), (("--feedback",), True), (("--no-feedback",), False)],
                          ids=["default", "feedback", "no-feedback"])
 def test_feedback_on_the_command_line(tiny_model_dir: Callable[[str], Path], tmp_path: Path,
                                       args: tuple[str, ...], on: bool) -> None:
-    """Off unless asked for (--feedback), with the default calibration."""
+    """On by default (with the default calibration) unless --no-feedback."""
     out = tmp_path / "m.gguf"
     result = CliRunner().invoke(main, ["convert", str(tiny_model_dir("llama2")), "--type", "Q4_K_M", *args,
                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
     record = _provenance(out)["calibration"]
     assert ("feedback" in record) == on
-    assert record["sequences"] == (FEEDBACK_SEQUENCES if on else SelfText.n_sequences)
+    assert record["sequences"] == SelfText.n_sequences

@@ -115,7 +115,7 @@ def test_probes_read_the_calibrations_text_when_it_is_long_enough() -> None:
 def test_self_calibrations_sequences_feed_the_probes(tiny_f16: Path) -> None:
     """The default calibration keeps the sequences the model wrote; the probes read their beginnings (and say
     so), deterministically; without them they write their own (other text: other gains)."""
-    options = ConvertOptions.from_args(recipe="Q4_K_M", allocate=True, feedback=False)  # 16 sequences
+    options = ConvertOptions.from_args(recipe="Q4_K_M", allocate=True, feedback=False)  # the allocation alone
     importance = column_importance(open_source(tiny_f16, options), options, tiny_f16)
     assert len(importance.sequences) == 16 and all(len(s) > 1 for s in importance.sequences)
     names = _matrices(tiny_f16)

@@ -29,13 +29,10 @@ from hqq2gguf.sources import Source
 
 logger = logging.getLogger(__name__)
 
-#: Self-calibration sequences (of 64 tokens) when the error feedback is on, instead of 16: with 1,024 tokens the
-#: covariances overfit the text (SmolLM2-135M at Q5_K_M's types: mean KLD 0.0246 against 0.0234 without the
-#: feedback), with 8,087 they did not (0.0210); the importance alone is the same with either (0.0235).
-FEEDBACK_SEQUENCES = 128
-
-#: Less calibration text than this (tokens, e.g. a short file of the user's) and the feedback is left off.
-FEEDBACK_MIN_TOKENS = 4096
+#: Less calibration text than this (tokens, e.g. a short file of the user's) and the feedback is left off. The
+#: self-calibration's 16 x 64 gives 900-1,024 (sequences may end early), the least it was measured with; this
+#: floor, half of it, was not itself measured.
+FEEDBACK_MIN_TOKENS = 512
 
 __all__ = ["Importance", "ImportanceSource", "SelfText", "Sensitivity", "measure_sensitivity", "calibration_source", "collect_activations",
            "column_importance", "derived_importance", "norm_importance", "read_imatrix", "write_imatrix"]
@@ -80,12 +77,10 @@ def column_importance(source: Source, options: ConvertOptions, runnable: Path | 
 
 
 def calibration_source(options: ConvertOptions) -> SelfText | Path:
-    """What the model reads: its own text (seeded by ``--seed``; more of it for the error feedback) or the
-    user's file."""
+    """What the model reads: its own text (seeded by ``--seed``) or the user's file."""
     if isinstance(options.calibration, Path):
         return options.calibration
-    return SelfText(n_sequences=FEEDBACK_SEQUENCES if options.feedback else SelfText.n_sequences,
-                    seed=options.seed if options.seed is not None else 0)
+    return SelfText(seed=options.seed if options.seed is not None else 0)
 
 
 def _from_text(runnable: Path, options: ConvertOptions) -> Importance:
