@@ -22,7 +22,7 @@ the row.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gguf
 import numpy as np
@@ -50,6 +50,7 @@ class Feedback:
 
     covariances: tuple[torch.Tensor, ...]  # float64, undamped: the output error they measure
     factors: tuple[torch.Tensor, ...]  # the upper Cholesky factor of each damped block's inverse
+    cache: dict = field(default_factory=dict, compare=False, repr=False)  # :meth:`_moves`
 
     @classmethod
     def of(cls, blocks: Sequence[np.ndarray], damp: float = DAMP) -> Feedback:
@@ -76,23 +77,34 @@ class Feedback:
             w = torch.from_numpy(x.copy())
             packed = []
             w0 = 0
-            for u in self.factors:
+            for i, u in enumerate(self.factors):
                 width = u.shape[0]
-                for c0 in range(0, width, step):
+                for c0, move in zip(range(0, width, step), self._moves(i, step)):
                     c1 = c0 + step
                     block = solve_block(np.ascontiguousarray(w[:, w0 + c0:w0 + c1].numpy(), dtype=np.float32),
                                         w0 + c0, w0 + c1)
                     packed.append(block.packed)
                     if c1 < width:
                         err = w[:, w0 + c0:w0 + c1] - torch.from_numpy(decode(block.packed, qtype)).double()
-                        w[:, w0 + c1:w0 + width] -= err @ torch.linalg.solve_triangular(
-                            u[c0:c1, c0:c1], u[c0:c1, c1:], upper=True)
+                        w[:, w0 + c1:w0 + width] -= err @ move
                 w0 += width
             joined = np.concatenate(packed, axis=1)
             error = decode(joined, qtype).astype(np.float64) - x
             parts.append(Encoded(joined, float(np.square(error).sum()), float(np.square(x).sum()),
                                  self.output_error(error), self.output_error(x)))
         return Encoded.join(parts)
+
+    def _moves(self, window: int, step: int) -> list[torch.Tensor]:
+        """``U_BB^-1 U_BR`` of each block ``B`` of ``step`` columns of ``window``, ``R`` the
+        columns after it: what the block's error moves them by. Computed once per window and step, whatever the
+        rows (every row part of every tensor that reads this covariance)."""
+        key = (window, step)
+        if key not in self.cache:
+            u = self.factors[window]
+            width = u.shape[0]
+            self.cache[key] = [torch.linalg.solve_triangular(u[c0:c0 + step, c0:c0 + step], u[c0:c0 + step, c0 + step:],
+                                                             upper=True) for c0 in range(0, width, step)]
+        return self.cache[key]
 
     def output_error(self, error: np.ndarray) -> float:
         """``sum over rows of e H e^T`` (H's diagonal blocks): the squared output error of ``error`` rows on the

@@ -145,6 +145,38 @@ def test_sink_keeps_each_windows_mean(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not where.exists()
 
 
+def test_sink_shares_one_input_read_by_several_matrices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q, k and v read one input: buffered as one copy, each still its own mean; an input that differs
+    after the first flush is summed apart. Between flushes no sum is mapped into the process."""
+    monkeypatch.setattr(cov_mod, "FLUSH_ROWS", 8)
+    monkeypatch.setattr(cov_mod, "WINDOW", 32)
+    x, other = correlated(24, 48, 13).astype(np.float32), correlated(8, 48, 14).astype(np.float32)
+    sink = CovarianceSink()
+    try:
+        for start in range(0, 16, 4):
+            for name in ("q", "k", "v"):
+                sink.add(name, x[start:start + 4].copy())  # the collector hands over a fresh copy each time
+        assert sink._buffers == {}  # all three flushed at 8 rows
+        for name in ("q", "k"):
+            sink.add(name, x[16:20])
+        sink.add("v", other[:4])
+        assert sink._buffers["q"][0] is sink._buffers["k"][0] and sink._buffers["v"][0] is not sink._buffers["q"][0]
+        for name in ("q", "k"):
+            sink.add(name, x[20:24])
+        sink.add("v", other[4:])
+        covs = sink.finish()
+        qkv = {name: covs.for_tensor(name, 48) for name in ("q", "k", "v")}
+        assert all(isinstance(b, np.ndarray) and not isinstance(b, np.memmap) for b in qkv["q"])
+        v_rows = np.concatenate([x[:16], other]).astype(np.float64)
+        for (a, b), q, k, v in zip(windows(48), qkv["q"], qkv["k"], qkv["v"]):
+            xw = x[:, a:b].astype(np.float64)
+            np.testing.assert_allclose(q, xw.T @ xw / 24, rtol=1e-5, atol=1e-5)
+            assert np.array_equal(q, k)
+            np.testing.assert_allclose(v, v_rows[:, a:b].T @ v_rows[:, a:b] / 24, rtol=1e-5, atol=1e-5)
+    finally:
+        sink.close()
+
+
 def _provenance(path: Path) -> dict:
     return json.loads(gguf.GGUFReader(path).fields["hqq2gguf.options"].contents())
 
