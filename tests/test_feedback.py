@@ -58,7 +58,7 @@ def test_feedback_lowers_the_output_error_on_held_out_text(qtype: gguf.GGMLQuant
     assert output_error(w, done.packed, qtype, held_out) < 0.92 * output_error(w, base, qtype, held_out)
     # its own report: output error and norm on the covariance it was given
     assert done.objective == pytest.approx(fb.output_error(decode(done.packed, qtype) - w), rel=1e-6)
-    assert done.baseline_objective == pytest.approx(float(((w @ fb.covariances[0].numpy()) * w).sum()), rel=1e-6)
+    assert done.baseline_objective == pytest.approx(float(((w @ fb.covariances[0].numpy()) * w).sum()), rel=1e-4)  # float32
 
 
 @pytest.mark.parametrize("qtype, weighted", [(Q.Q4_K, True), (Q.Q5_1, False)], ids=["Q4_K", "Q5_1"])
