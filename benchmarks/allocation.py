@@ -164,6 +164,10 @@ def write(doc: dict, out_dir: Path) -> None:
 def main(reference: Path, name: str, budgets: str, series: str, n_chunks: int, n_ctx: int, threads: int,
          imatrix: Path | None, binary: Path | None, keep_rows: tuple[Path, ...], workdir: Path, out_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:  # the picture is drawn after every row: fail now, not after the first conversion
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise click.ClickException("the picture needs matplotlib: pip install -e '.[bench]'") from e
     text = DEFAULT_CORPUS.read_bytes()
     cache = workdir / f"{reference.stem}.c{n_ctx}.n{n_chunks}.logits"
     wanted_budgets = [b.strip() for b in budgets.split(",") if b.strip()]
