@@ -74,7 +74,7 @@ class Feedback:
         parts = []
         for r0 in range(0, rows.shape[0], ROW_PART):
             x = np.asarray(rows[r0:r0 + ROW_PART], dtype=np.float32)
-            w = torch.from_numpy(x).double()  # a copy: the rows as the feedback moves them
+            w = torch.from_numpy(x.astype(np.float64))  # a copy: the rows as the feedback moves them
             packed = []
             w0 = 0
             for i, u in enumerate(self.factors):
@@ -98,7 +98,7 @@ class Feedback:
     def _moves(self, window: int, step: int) -> list[torch.Tensor]:
         """``U_BB^-1 U_BR`` of each block ``B`` of ``step`` columns of ``window``, ``R`` the
         columns after it: what the block's error moves them by. Computed once per window and step, whatever the
-        rows (every row part of every tensor that reads this covariance)."""
+        rows (every row part)."""
         key = (window, step)
         if key not in self.cache:
             u = self.factors[window]
