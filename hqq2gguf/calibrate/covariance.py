@@ -48,6 +48,7 @@ class CovarianceSink:
     def __init__(self, directory: Path | None = None) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="hqq2gguf-covariance-", dir=directory))
         self._files: dict[str, list[Path]] = {}
+        self._widths: dict[str, int] = {}
         self._counts: dict[str, int] = {}
         self._buffers: dict[str, list[np.ndarray]] = {}
         self._buffered: dict[str, int] = {}
@@ -77,6 +78,7 @@ class CovarianceSink:
             self._last_flush = (buffered, products)
         if name not in self._files:
             self._files[name] = [self._dir / f"{len(self._files)}-{start}.npy" for start, _ in windows(ne0)]
+            self._widths[name] = ne0
             self._counts[name] = 0
         for path, product in zip(self._files[name], products):
             if path.exists():
@@ -93,7 +95,7 @@ class CovarianceSink:
         for name in list(self._buffers):
             self._flush(name)
         self._last_add = self._last_flush = None
-        return Covariances(self._files, self._counts, self.close)
+        return Covariances(self._files, self._widths, self._counts, self.close)
 
     def close(self) -> None:
         self._files.clear()
@@ -106,21 +108,18 @@ class Covariances:
     """The collected covariances: :meth:`for_tensor` reads one matrix's diagonal blocks (float64 means of
     ``x x^T``, in column order, :func:`windows`) or None. ``close`` deletes their files."""
 
-    def __init__(self, sums: Mapping[str, list[np.ndarray | Path]] | None = None,
+    def __init__(self, files: Mapping[str, list[Path]] | None = None, widths: Mapping[str, int] | None = None,
                  counts: Mapping[str, int] | None = None, close: Callable[[], None] = lambda: None) -> None:
-        self._sums = sums or {}  # arrays, or the .npy files that hold them
+        self._files = files or {}  # per weight name, the .npy file of each window's sum
+        self._widths = widths or {}  # the width (ne0) of the rows summed
         self._counts = counts or {}
         self.close = close
 
     def __len__(self) -> int:
-        return len(self._sums)
+        return len(self._files)
 
     def for_tensor(self, name: str, ne0: int) -> list[np.ndarray] | None:
-        blocks = self._sums.get(name)
-        if blocks is None or len(blocks) != len(windows(ne0)):
-            return None
-        blocks = [np.load(b) if isinstance(b, Path) else b for b in blocks]
-        if [b.shape[0] for b in blocks] != [stop - start for start, stop in windows(ne0)]:
+        if self._widths.get(name) != ne0:  # none, or another shape's: not this tensor's
             return None
         n = max(self._counts[name], 1)
-        return [np.asarray(b, dtype=np.float64) / n for b in blocks]
+        return [np.load(path).astype(np.float64) / n for path in self._files[name]]
